@@ -1,0 +1,238 @@
+"""The run configuration: pydantic models are the single source of defaults.
+
+YAML files and ``--set key=value`` overrides only change values; unknown keys are errors.
+Component options (``env.options``, ``pcm.segmenter_options``, ...) are validated against the
+``Options`` model of the component they name, through :func:`resolve_components`.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from pcm_core.errors import ConfigError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class EnvConfig(Section):
+    name: str = Field("tabletop", description="registered env backend")
+    options: dict[str, Any] = Field(default_factory=dict, description="the env's own Options")
+
+
+class PolicyConfig(Section):
+    name: str = Field("tinyvla", description="registered policy backend")
+    options: dict[str, Any] = Field(default_factory=dict, description="the policy's own Options")
+
+
+class PCMConfig(Section):
+    budget: int = Field(12, gt=0, description="B: chunks kept per trajectory (all when T_i <= B)")
+    segmenter: str = Field("gripper", description="phase segmenter")
+    segmenter_options: dict[str, Any] = Field(default_factory=dict)
+    proxy: str = Field("success_failure", description="variance proxy scoring each phase")
+    proxy_options: dict[str, Any] = Field(default_factory=dict)
+    sampler: str = Field("pcm", description="budget sampler; 'all' is plain GRPO")
+    sampler_options: dict[str, Any] = Field(default_factory=dict)
+    estimator: Literal["masked", "iw"] = Field(
+        "masked", description="masked: GRPO loss over kept tokens; iw: Horvitz-Thompson 1/pi weights"
+    )
+    concentration: bool = Field(True, description="w_k proportional to v_k (off: uniform w)")
+    exploration: bool = Field(True, description="mix w with a uniform floor")
+    exploration_floor: float = Field(0.1, ge=0.0, le=1.0, description="eps_explore")
+    online: bool = Field(True, description="EMA-update q every step (off: q frozen after the first estimate)")
+    ema: float = Field(0.3, gt=0.0, le=1.0, description="eta: q <- (1 - eta) q + eta w~")
+
+
+class SFTConfig(Section):
+    enabled: bool = Field(True, description="behaviour-clone scripted demonstrations before RL")
+    demos: int = Field(256, gt=0, description="demonstration episodes")
+    epochs: int = Field(3, gt=0)
+    lr: float = Field(1e-3, gt=0.0)
+    batch_size: int = Field(128, gt=0)
+    cache_dir: str = Field("~/.cache/pcm-vla/warm_start", description="warm-start checkpoints are reused from here")
+
+
+class TrainConfig(Section):
+    steps: int = Field(30, gt=0, description="RL steps")
+    seed: int = Field(0, ge=0)
+    tasks_per_step: int = Field(4, gt=0, description="M: groups (task + initial state) per step")
+    group_size: int = Field(8, ge=2, description="G: trajectories per group")
+    lr: float = Field(3e-4, gt=0.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    clip_low: float = Field(0.2, gt=0.0, lt=1.0, description="eps_low of the PPO clip")
+    clip_high: float = Field(0.28, gt=0.0, description="eps_high (clip-higher, >= clip_low)")
+    kl_coef: float = Field(0.0, ge=0.0, description="KL to the reference policy (k3); 0 = off")
+    loss_aggregation: Literal["token_mean", "seq_mean", "traj_sum"] = Field("token_mean")
+    update_epochs: int = Field(1, gt=0, description="passes over the kept chunks per step")
+    micro_batch_size: int = Field(64, gt=0, description="chunks per forward/backward")
+    max_grad_norm: float = Field(1.0, gt=0.0)
+    dynamic_sampling: bool = Field(False, description="refill groups whose outcomes are all equal")
+    eval_every: int = Field(10, ge=0, description="steps between evaluations (0: only at the end)")
+    eval_episodes: int = Field(32, gt=0)
+    device: Literal["auto", "cpu", "cuda"] = Field("auto")
+    dtype: Literal["float32", "bfloat16"] = Field("float32", description="autocast dtype on CUDA")
+    output_dir: str = Field("runs", description="checkpoints and local artifacts")
+    sft: SFTConfig = Field(default_factory=SFTConfig)
+
+
+class TrackingConfig(Section):
+    enabled: bool = Field(True)
+    uri: str | None = Field(None, description="MLflow tracking URI; default $MLFLOW_TRACKING_URI or ./mlruns")
+    experiment: str = Field("pcm-vla")
+    run_name: str | None = Field(None)
+
+
+class RunConfig(Section):
+    env: EnvConfig = Field(default_factory=EnvConfig)
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    pcm: PCMConfig = Field(default_factory=PCMConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    """The pydantic model that owns the field path ``loc`` (for key suggestions)."""
+    model: type[BaseModel] = RunConfig
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return None
+        model = field.annotation
+    return model
+
+
+def format_validation_error(exc: ValidationError, prefix: str = "", model: type[BaseModel] | None = None) -> str:
+    """Two lines: what is wrong with which key or value, and how to fix it.
+
+    ``prefix`` is prepended to the key path (e.g. ``"env.options."`` for a component's options).
+    """
+    err = exc.errors()[0]
+    loc = tuple(err["loc"])
+    key = prefix + ".".join(str(p) for p in loc)
+    if err["type"] == "extra_forbidden":
+        owner = model if model is not None else _model_at(loc[:-1])
+        valid = sorted(owner.model_fields) if owner is not None else []
+        close = difflib.get_close_matches(str(loc[-1]), valid, n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        return f"unknown key '{key}'.\nFix: {hint}valid keys: {', '.join(valid) or 'none'}"
+    got = err.get("input")
+    shown = repr(got) if not isinstance(got, dict) else "a mapping"
+    return f"'{key}' = {shown}: {err['msg']}.\nFix: set {key} to a valid value (see `pcm-run plugins`)."
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``'pcm.budget=12'`` -> (``['pcm', 'budget']``, ``12``); the value is read as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' has no '='.\nFix: write --set KEY=VALUE, e.g. --set pcm.budget=12")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not p for p in key.split(".")):
+        raise ConfigError(f"override '{text}' has an empty key.\nFix: write --set KEY=VALUE, e.g. --set pcm.budget=12")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Load a YAML config file as a mapping, with one-line errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file '{path}' does not exist.\nFix: pass an existing file to --config (see configs/)")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"config file '{path}' is not valid YAML{where}.\nFix: correct the YAML syntax there") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file '{path}' holds a {type(data).__name__}, not a mapping.\nFix: write sections such as 'pcm:' at the top level")
+    return data
+
+
+def _set_path(data: dict[str, Any], path: list[str], value: Any) -> None:
+    node = data
+    for part in path[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[path[-1]] = value
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    env: str | None = None,
+    policy: str | None = None,
+) -> RunConfig:
+    """Defaults <- YAML file <- ``--env``/``--policy`` <- ``--set`` overrides, validated."""
+    data = read_yaml(path) if path is not None else {}
+    if env is not None:
+        _set_path(data, ["env", "name"], env)
+    if policy is not None:
+        _set_path(data, ["policy", "name"], policy)
+    for text in overrides:
+        keys, value = parse_override(text)
+        _set_path(data, keys, value)
+    try:
+        config = RunConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc)) from None
+    if config.train.clip_high < config.train.clip_low:
+        raise ConfigError(
+            f"'train.clip_high' = {config.train.clip_high} is below train.clip_low = {config.train.clip_low}.\n"
+            "Fix: clip-higher needs clip_high >= clip_low"
+        )
+    return config
+
+
+@dataclass(frozen=True)
+class ResolvedComponent:
+    """A component name checked against the registry, with its validated options."""
+
+    kind: str
+    name: str
+    cls: type
+    options: BaseModel
+
+    def build(self, **context: Any) -> Any:
+        return self.cls(self.options, **context)
+
+
+def resolve_components(config: RunConfig, registry: Any = None, check_installed: bool = True) -> dict[str, ResolvedComponent]:
+    """Look up every component the config names and validate its options (nothing heavy is built)."""
+    from pcm_core.registry import get_registry
+
+    registry = registry or get_registry()
+    wanted = {
+        "env": (config.env.name, config.env.options, "env.options"),
+        "policy": (config.policy.name, config.policy.options, "policy.options"),
+        "segmenter": (config.pcm.segmenter, config.pcm.segmenter_options, "pcm.segmenter_options"),
+        "proxy": (config.pcm.proxy, config.pcm.proxy_options, "pcm.proxy_options"),
+        "sampler": (config.pcm.sampler, config.pcm.sampler_options, "pcm.sampler_options"),
+    }
+    resolved = {}
+    for kind, (name, options, where) in wanted.items():
+        registration = registry.get(kind, name)
+        if check_installed:
+            registration.check_installed()
+        try:
+            validated = registration.cls.Options.model_validate(options)
+        except ValidationError as exc:
+            raise ConfigError(
+                format_validation_error(exc, prefix=f"{where}.", model=registration.cls.Options)
+            ) from None
+        resolved[kind] = ResolvedComponent(kind, name, registration.cls, validated)
+    return resolved

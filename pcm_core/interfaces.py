@@ -1,0 +1,204 @@
+"""The five component kinds every plugin implements.
+
+Each component class declares a pydantic ``Options`` model (its configuration, validated before
+anything heavy is built) and is constructed as ``Component(options, **context)``. Heavy imports
+(simulators, large models) belong in ``__init__``, never at module import, so registration and
+``pcm-run --dry-run`` stay cheap. ``requires`` names importable modules the component needs at
+build time and ``extra`` the ``pcm-vla`` extra that installs them.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar, Sequence
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import Tensor, nn
+
+from pcm_core.types import ActionSpec, PhaseScores, PolicyOutput, RolloutBatch, Selection
+
+
+class Options(BaseModel):
+    """Base of every component's options: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Component(ABC):
+    """Common base: a registered name, an options model, optional heavy requirements."""
+
+    Options: ClassVar[type[Options]] = Options
+    requires: ClassVar[tuple[str, ...]] = ()
+    extra: ClassVar[str | None] = None
+
+    def __init__(self, options: Options) -> None:
+        self.options = options
+
+
+@dataclass
+class StepResult:
+    """What a vector environment returns for one action per env.
+
+    Attributes:
+        obs: each ``[B, ...]`` (``image`` uint8 ``[B, H, W, 3]``, ``proprio`` float32 ``[B, P_dim]``).
+        success: ``[B]`` bool, the task is solved.
+        done: ``[B]`` bool, the episode ended (success, failure or time limit).
+        info: each ``[B, ...]``, e.g. ``gripper`` (1 closed, 0 open) and ``phase`` labels.
+    """
+
+    obs: dict[str, np.ndarray]
+    success: np.ndarray
+    done: np.ndarray
+    info: dict[str, np.ndarray]
+
+
+class EnvBackend(Component):
+    """A batch of ``num_envs`` environments stepped together (one action per env per call).
+
+    Actions are 7-dim and normalised to [-1, 1]: delta end-effector position (3), delta rotation
+    (3), gripper (-1 open, +1 close). Once an env reports ``done`` it ignores further actions and
+    repeats its last observation until the next ``reset``.
+    """
+
+    def __init__(self, options: Options, num_envs: int, seed: int = 0) -> None:
+        super().__init__(options)
+        self.num_envs = num_envs
+        self.seed = seed
+
+    @property
+    @abstractmethod
+    def num_tasks(self) -> int:
+        """Number of task variants that ``reset`` accepts as ``task_ids``."""
+
+    @property
+    @abstractmethod
+    def max_steps(self) -> int:
+        """Episode limit in env steps (one action each)."""
+
+    @abstractmethod
+    def reset(self, task_ids: Sequence[int], init_states: Sequence[int]) -> tuple[dict[str, np.ndarray], list[str]]:
+        """Start ``num_envs`` episodes; env ``b`` runs task ``task_ids[b]`` from initial state
+        ``init_states[b]`` (the same pair gives the same start). Returns observations
+        (each ``[B, ...]``) and the ``B`` language instructions."""
+
+    @abstractmethod
+    def step(self, actions: np.ndarray) -> StepResult:
+        """Apply ``actions`` ``[B, D]`` and advance every env that is not done."""
+
+    def expert_actions(self) -> np.ndarray | None:
+        """``[B, D]`` a scripted expert's next action for every env (for SFT warm starts),
+        or None when the environment has no expert."""
+        return None
+
+    def render(self, index: int) -> np.ndarray | None:
+        """An RGB frame ``[H, W, 3]`` of env ``index`` for videos, or None."""
+        return None
+
+    def close(self) -> None:
+        """Release simulator processes and resources."""
+
+
+class PolicyBackend(Component):
+    """A VLA that maps (observation, instruction) to an action chunk through discrete action tokens.
+
+    ``module`` holds every trainable parameter. ``act`` samples a chunk per observation;
+    ``log_probs`` re-scores given tokens with gradients, which is all the learner needs.
+    """
+
+    def __init__(self, options: Options, action_spec: ActionSpec | None = None) -> None:
+        super().__init__(options)
+
+    @property
+    @abstractmethod
+    def module(self) -> nn.Module:
+        """The ``nn.Module`` whose parameters the optimizer updates."""
+
+    @property
+    @abstractmethod
+    def action_spec(self) -> ActionSpec:
+        """Chunk size K and action dimension D of one policy call."""
+
+    @property
+    @abstractmethod
+    def tokens_per_chunk(self) -> int:
+        """L, the number of action tokens per chunk."""
+
+    @abstractmethod
+    def act(
+        self,
+        obs: dict[str, Tensor],
+        instructions: list[str],
+        generator: torch.Generator | None = None,
+        greedy: bool = False,
+    ) -> PolicyOutput:
+        """Sample (or, with ``greedy``, take the mode of) one chunk per observation ``[B, ...]``."""
+
+    @abstractmethod
+    def log_probs(self, obs: dict[str, Tensor], instructions: list[str], tokens: Tensor) -> Tensor:
+        """``[B, L]`` log-probabilities of ``tokens`` ``[B, L]``, differentiable w.r.t. ``module``."""
+
+    @abstractmethod
+    def actions_to_tokens(self, actions: Tensor) -> Tensor:
+        """Discretise normalised actions ``[B, K, D]`` into tokens ``[B, L]`` (for SFT)."""
+
+    @abstractmethod
+    def save(self, path: str) -> None:
+        """Write weights (safetensors) and config to the folder ``path``."""
+
+    def to(self, device: torch.device | str) -> "PolicyBackend":
+        self.module.to(device)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.module.parameters()).device
+
+
+class PhaseSegmenter(Component):
+    """Maps every chunk of a batch to a phase id in ``0..num_phases-1``."""
+
+    @property
+    @abstractmethod
+    def num_phases(self) -> int:
+        """P."""
+
+    @abstractmethod
+    def segment(self, batch: RolloutBatch) -> Tensor:
+        """``[N, T]`` long phase ids (values on padding are ignored)."""
+
+
+class VarianceProxy(Component):
+    """Scores each phase by how much its chunks can teach (higher = keep more often)."""
+
+    @abstractmethod
+    def score(self, batch: RolloutBatch, phases: Tensor, num_phases: int) -> PhaseScores:
+        """Per-phase sums and counts from one batch; ``phases`` is ``[N, T]``."""
+
+
+class BudgetSampler(Component):
+    """Chooses the chunks of each trajectory that enter the forward/backward pass."""
+
+    @abstractmethod
+    def select(
+        self,
+        phases: Tensor,
+        lengths: Tensor,
+        keep_probs: Tensor,
+        budget: int,
+        generator: torch.Generator | None = None,
+    ) -> Selection:
+        """Pick chunks from ``phases`` ``[N, T]`` with ``lengths`` ``[N]``, given phase
+        keep-probabilities ``keep_probs`` ``[P]`` and the per-trajectory ``budget`` B."""
+
+
+KINDS: dict[str, type[Component]] = {
+    "env": EnvBackend,
+    "policy": PolicyBackend,
+    "segmenter": PhaseSegmenter,
+    "proxy": VarianceProxy,
+    "sampler": BudgetSampler,
+}
+"""Component kind name -> abstract base class."""

@@ -1,0 +1,167 @@
+"""Plugin discovery and component lookup.
+
+Built-in plugins are imported as modules; third-party plugins are found through the entry-point
+group ``pcm``. ``PCM_PLUGINS`` (comma-separated entry-point names, empty for none) restricts which
+third-party plugins load. A plugin that fails to import is recorded as broken and the others load.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import importlib.metadata
+import importlib.util
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+
+import pluggy
+
+from pcm_core import hookspecs
+from pcm_core.errors import ConfigError, MissingBackendError, UnknownComponentError
+from pcm_core.interfaces import KINDS, Component
+
+ENTRY_POINT_GROUP = "pcm"
+PLUGINS_ENV_VAR = "PCM_PLUGINS"
+DISTRIBUTION = "pcm-vla"
+
+BUILTIN_PLUGINS = (
+    "pcm_phases.plugin",
+    "pcm_tabletop.plugin",
+    "pcm_tinyvla.plugin",
+)
+
+HOOKS = {
+    "env": "pcm_register_envs",
+    "policy": "pcm_register_policies",
+    "segmenter": "pcm_register_segmenters",
+    "proxy": "pcm_register_variance_proxies",
+    "sampler": "pcm_register_budget_samplers",
+}
+
+KNOWN_BACKENDS = {
+    ("env", "libero"): "libero",
+    ("env", "maniskill"): "maniskill",
+    ("policy", "openvla"): "openvla",
+    ("policy", "openvla-oft"): "openvla",
+}
+"""Components this project ships behind an extra: (kind, name) -> extra."""
+
+
+@dataclass(frozen=True)
+class Registration:
+    kind: str
+    name: str
+    cls: type[Component]
+    plugin: str
+    distribution: str
+
+    def missing_modules(self) -> list[str]:
+        """Modules in ``cls.requires`` that cannot be imported here."""
+        return [m for m in self.cls.requires if importlib.util.find_spec(m.split(".")[0]) is None]
+
+    def check_installed(self) -> None:
+        missing = self.missing_modules()
+        if missing:
+            extra = self.cls.extra or self.name
+            raise MissingBackendError(
+                f"{self.kind} '{self.name}' needs {', '.join(missing)}, which is not installed.\n"
+                f'Fix: pip install "pcm-vla[{extra}]"'
+            )
+
+
+@dataclass(frozen=True)
+class BrokenPlugin:
+    plugin: str
+    distribution: str
+    error: str
+
+
+class Registry:
+    """Every registered component, by kind and name."""
+
+    def __init__(self, load_entry_points: bool = True) -> None:
+        self.pm = pluggy.PluginManager(ENTRY_POINT_GROUP)
+        self.pm.add_hookspecs(hookspecs)
+        self.broken: list[BrokenPlugin] = []
+        self._origin: dict[object, tuple[str, str]] = {}
+        for module_name in BUILTIN_PLUGINS:
+            self._load(module_name, module_name, DISTRIBUTION)
+        if load_entry_points:
+            self._load_entry_points()
+        self._components = self._collect()
+
+    def _load(self, label: str, module_name: str, distribution: str) -> None:
+        try:
+            module = importlib.import_module(module_name)
+            self.pm.register(module, name=label)
+        except Exception as exc:  # a broken plugin must not take the others down
+            self.broken.append(BrokenPlugin(label, distribution, f"{type(exc).__name__}: {exc}"))
+            return
+        self._origin[module] = (label, distribution)
+
+    def _load_entry_points(self) -> None:
+        allowed = os.environ.get(PLUGINS_ENV_VAR)
+        allowed_names = None if allowed is None else {n.strip() for n in allowed.split(",") if n.strip()}
+        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            if allowed_names is not None and ep.name not in allowed_names:
+                continue
+            distribution = ep.dist.name if ep.dist is not None else "?"
+            try:
+                module = ep.load()
+                self.pm.register(module, name=ep.name)
+            except Exception as exc:
+                self.broken.append(BrokenPlugin(ep.name, distribution, f"{type(exc).__name__}: {exc}"))
+                continue
+            self._origin[module] = (ep.name, distribution)
+
+    def _collect(self) -> dict[str, dict[str, Registration]]:
+        components: dict[str, dict[str, Registration]] = {kind: {} for kind in KINDS}
+        for kind, hook_name in HOOKS.items():
+            for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
+                plugin, distribution = self._origin.get(impl.plugin, (impl.plugin_name, "?"))
+
+                def register(name: str, cls: type, _kind=kind, _p=plugin, _d=distribution) -> None:
+                    if not (isinstance(cls, type) and issubclass(cls, KINDS[_kind])):
+                        raise TypeError(f"plugin {_p} registered {_kind} '{name}' that is not a {KINDS[_kind].__name__}")
+                    components[_kind][name] = Registration(_kind, name, cls, _p, _d)
+
+                try:
+                    impl.function(register=register)
+                except Exception as exc:
+                    self.broken.append(BrokenPlugin(plugin, distribution, f"{type(exc).__name__}: {exc}"))
+        return components
+
+    def components(self, kind: str) -> dict[str, Registration]:
+        return dict(sorted(self._components[kind].items()))
+
+    def missing_backends(self) -> list[tuple[str, str, str]]:
+        """Known (kind, name, extra) that no installed plugin registers."""
+        return [(k, n, e) for (k, n), e in KNOWN_BACKENDS.items() if n not in self._components[k]]
+
+    def get(self, kind: str, name: str) -> Registration:
+        """The registration of ``name``, or a one-line error naming the fix."""
+        found = self._components[kind].get(name)
+        if found is not None:
+            return found
+        extra = KNOWN_BACKENDS.get((kind, name))
+        if extra is not None:
+            raise MissingBackendError(
+                f"{kind} '{name}' is not installed.\nFix: pip install \"pcm-vla[{extra}]\""
+            )
+        names = sorted(self._components[kind])
+        close = difflib.get_close_matches(name, names, n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise UnknownComponentError(
+            f"unknown {kind} '{name}'.\nFix: {hint}installed {kind}s: {', '.join(names) or 'none'}"
+        )
+
+    def hook(self) -> pluggy.HookRelay:
+        return self.pm.hook
+
+
+@lru_cache(maxsize=1)
+def get_registry() -> Registry:
+    """The process-wide registry (plugins load once)."""
+    return Registry()
+
