@@ -76,6 +76,7 @@ class TrainConfig(Section):
     dynamic_sampling: bool = Field(False, description="refill groups whose outcomes are all equal")
     eval_every: int = Field(10, ge=0, description="steps between evaluations (0: only at the end)")
     eval_episodes: int = Field(32, gt=0)
+    eval_greedy: bool = Field(False, description="evaluate the mode of the policy instead of sampling")
     device: Literal["auto", "cpu", "cuda"] = Field("auto")
     dtype: Literal["float32", "bfloat16"] = Field("float32", description="autocast dtype on CUDA")
     output_dir: str = Field("runs", description="checkpoints and local artifacts")

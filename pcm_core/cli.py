@@ -1,0 +1,115 @@
+"""``pcm-run``: validate a run config, list plugins, train.
+
+Every user error ends with exit code 2 and at most two lines on stderr (problem, then fix).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+import yaml
+from pydantic import BaseModel
+from rich.console import Console
+from rich.table import Table
+
+from pcm_core.errors import PcmError
+
+app = typer.Typer(
+    add_completion=False,
+    invoke_without_command=True,
+    no_args_is_help=False,
+    pretty_exceptions_enable=False,
+    help="Fine-tune VLA policies with GRPO + Probabilistic Chunk Masking.",
+)
+out = Console()
+PLURALS = {"env": "envs", "policy": "policies", "segmenter": "segmenters", "proxy": "variance proxies", "sampler": "budget samplers"}
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+@app.callback()
+def run(
+    ctx: typer.Context,
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML run config (overrides the defaults)."),
+    env: Optional[str] = typer.Option(None, "--env", help="Environment backend, e.g. tabletop, libero."),
+    policy: Optional[str] = typer.Option(None, "--policy", help="Policy backend, e.g. tinyvla, openvla."),
+    overrides: list[str] = typer.Option([], "--set", help="Override a config key: --set pcm.budget=12 (repeatable)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Validate everything, print the resolved config, build nothing."),
+) -> None:
+    """Train on the embedded default, or on what --config / --env / --policy name."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from pcm_core.config import load_config, resolve_components
+
+    resolved_config = load_config(config, overrides, env=env, policy=policy)
+    components = resolve_components(resolved_config)
+    if dry_run:
+        out.print(yaml.safe_dump(resolved_config.model_dump(mode="json"), sort_keys=False).rstrip())
+        names = ", ".join(f"{kind}={c.name}" for kind, c in components.items())
+        out.print(f"[green]config valid[/green]: {names}")
+        return
+    from pcm_core.runner import train
+
+    train(resolved_config, components, console=out)
+
+
+def _describe_options(options: type[BaseModel]) -> str:
+    lines = []
+    for name, field in options.model_fields.items():
+        annotation = getattr(field.annotation, "__name__", None) or str(field.annotation).replace("typing.", "")
+        default = "required" if field.is_required() else repr(field.get_default(call_default_factory=True))
+        description = f" — {field.description}" if field.description else ""
+        lines.append(f"{name}: {annotation} = {default}{description}")
+    return "\n".join(lines) or "(no options)"
+
+
+@app.command()
+def plugins() -> None:
+    """List installed components by kind, their options and providers; then what is missing or broken."""
+    from pcm_core.interfaces import KINDS
+    from pcm_core.registry import get_registry
+
+    registry = get_registry()
+    for kind in KINDS:
+        table = Table(title=PLURALS[kind], title_justify="left", show_lines=True)
+        table.add_column("name", style="bold")
+        table.add_column("options")
+        table.add_column("provided by")
+        for name, registration in registry.components(kind).items():
+            table.add_row(name, _describe_options(registration.cls.Options), registration.distribution)
+        out.print(table)
+    missing = registry.missing_backends()
+    if missing:
+        out.print("[bold]known backends not installed[/bold]")
+        for kind, name, extra in missing:
+            out.print(f'  {kind} {name}: pip install "pcm-vla[{extra}]"', markup=False)
+    if registry.broken:
+        out.print("[bold red]broken plugins[/bold red]")
+        for broken in registry.broken:
+            out.print(f"  {broken.plugin} ({broken.distribution}): BROKEN — {broken.error}", markup=False, soft_wrap=True)
+
+
+def main(argv: list[str] | None = None) -> Any:
+    """Console-script entry point: one or two plain lines and exit code 2 on any user error."""
+    try:
+        return app(args=argv, standalone_mode=False)
+    except PcmError as exc:
+        for line in str(exc).splitlines()[:2]:
+            err.print(f"pcm-run: {line}" if not line.startswith("Fix:") else line, markup=False)
+        sys.exit(exc.exit_code)
+    except Exception as exc:
+        # click's usage errors (typer vendors its own click, so match by behaviour)
+        if type(exc).__name__ == "Abort":
+            err.print("pcm-run: aborted", markup=False)
+            sys.exit(130)
+        if not hasattr(exc, "format_message"):
+            raise
+        err.print(f"pcm-run: {exc.format_message()}", markup=False)
+        err.print("Fix: see `pcm-run --help`", markup=False)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""Run artifacts: keep-probabilities over training, the success curve, rollout GIFs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from torch import Tensor
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_keep_probabilities(history: list[dict[str, float]], path: Path) -> Path:
+    """One line per phase: q_k over training steps (where PCM learned outcomes diverge)."""
+    plt = _pyplot()
+    phases = sorted({key for row in history for key in row if key.startswith("keep_prob/phase_")}, key=lambda k: int(k.rsplit("_", 1)[1]))
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for key in phases:
+        steps = [row["step"] for row in history if key in row]
+        ax.plot(steps, [row[key] for row in history if key in row], label=key.split("/")[1].replace("_", " "))
+    ax.set_xlabel("training step")
+    ax.set_ylabel("keep probability q_k")
+    ax.set_ylim(0, 1)
+    ax.legend(loc="upper right", fontsize=8)
+    ax.set_title("PCM phase keep-probabilities")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_success(history: list[dict[str, float]], path: Path) -> Path:
+    """Training-rollout and evaluation success rate over steps."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    train = [(row["step"], row["success_rate"]) for row in history if "success_rate" in row]
+    evals = [(row["step"], row["eval_success_rate"]) for row in history if "eval_success_rate" in row]
+    if train:
+        ax.plot(*zip(*train), label="training rollouts", alpha=0.6)
+    if evals:
+        ax.plot(*zip(*evals), marker="o", label="evaluation")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("success rate")
+    ax.set_ylim(0, 1)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_gif(frames: Tensor, path: Path, scale: int = 2, fps: int = 8) -> Path:
+    """``frames`` uint8 ``[T, H, W, 3]`` -> an animated GIF, upscaled by ``scale``."""
+    import imageio.v2 as imageio
+
+    array = frames.numpy().astype(np.uint8)
+    array = array.repeat(scale, axis=1).repeat(scale, axis=2)
+    imageio.mimsave(path, list(array), duration=1.0 / fps, loop=0)
+    return path

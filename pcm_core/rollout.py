@@ -1,0 +1,133 @@
+"""Collect groups of trajectories: one batched policy call per chunk, K env steps per chunk."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from pcm_core.interfaces import EnvBackend, PolicyBackend
+from pcm_core.types import RolloutBatch
+
+
+def obs_to_tensors(obs: dict[str, np.ndarray], device: torch.device) -> dict[str, Tensor]:
+    """Environment arrays ``[B, ...]`` -> tensors on ``device`` (images stay uint8)."""
+    return {key: torch.as_tensor(np.ascontiguousarray(value), device=device) for key, value in obs.items()}
+
+
+@dataclass
+class GroupSpec:
+    """The start of every trajectory of a group: task variant and initial-state id."""
+
+    task_id: int
+    init_state: int
+
+
+def collect(
+    env: EnvBackend,
+    policy: PolicyBackend,
+    groups: Sequence[GroupSpec],
+    group_size: int,
+    generator: torch.Generator | None = None,
+    greedy: bool = False,
+) -> RolloutBatch:
+    """Run ``len(groups) * group_size`` episodes (``env.num_envs`` of them) to the end.
+
+    Trajectory ``i`` belongs to group ``i // group_size``; all members of a group start from the
+    same task and initial state. Returns a :class:`RolloutBatch` with everything stored on CPU.
+    """
+    num_trajectories = len(groups) * group_size
+    if num_trajectories != env.num_envs:
+        raise ValueError(f"{len(groups)} groups x {group_size} need {num_trajectories} envs, env has {env.num_envs}")
+    chunk_size = policy.action_spec.chunk_size
+    max_chunks = math.ceil(env.max_steps / chunk_size)
+    task_ids = [g.task_id for g in groups for _ in range(group_size)]
+    init_states = [g.init_state for g in groups for _ in range(group_size)]
+
+    obs, instructions = env.reset(task_ids, init_states)
+    alive = np.ones(num_trajectories, dtype=bool)
+    success = np.zeros(num_trajectories, dtype=bool)
+    lengths = np.zeros(num_trajectories, dtype=np.int64)
+    steps: list[dict[str, Tensor]] = []
+    infos: list[dict[str, np.ndarray]] = []
+
+    for _ in range(max_chunks):
+        if not alive.any():
+            break
+        obs_t = obs_to_tensors(obs, policy.device)
+        out = policy.act(obs_t, instructions, generator=generator, greedy=greedy)
+        actions = out.actions.float().cpu()
+        lengths += alive
+        chunk_info: dict[str, np.ndarray] | None = None
+        for k in range(chunk_size):
+            result = env.step(actions[:, k].numpy())
+            success |= result.success & alive
+            if chunk_info is None:
+                chunk_info = result.info
+            alive &= ~result.done
+            obs = result.obs
+        steps.append(
+            {
+                "obs": {key: value.cpu() for key, value in obs_t.items()},
+                "actions": actions,
+                "tokens": out.tokens.cpu(),
+                "logprobs": out.logprobs.float().cpu(),
+                "entropy": out.entropy.float().cpu(),
+            }
+        )
+        infos.append(chunk_info or {})
+
+    def stack(values: list[Tensor]) -> Tensor:
+        return torch.stack(values, dim=1)  # [N, T, ...]
+
+    mask = torch.arange(len(steps))[None, :] < torch.as_tensor(lengths)[:, None]  # [N, T]
+
+    def zero_padding(value: Tensor) -> Tensor:
+        shape = mask.shape + (1,) * (value.dim() - 2)
+        return value * mask.reshape(shape).to(value.dtype)
+
+    return RolloutBatch(
+        obs={key: zero_padding(stack([s["obs"][key] for s in steps])) for key in steps[0]["obs"]},
+        instructions=list(instructions),
+        actions=zero_padding(stack([s["actions"] for s in steps])),
+        tokens=zero_padding(stack([s["tokens"] for s in steps])),
+        old_logprobs=zero_padding(stack([s["logprobs"] for s in steps])),
+        entropy=zero_padding(stack([s["entropy"] for s in steps])),
+        lengths=torch.as_tensor(lengths),
+        rewards=torch.as_tensor(success, dtype=torch.float32),
+        group_index=torch.arange(num_trajectories) // group_size,
+        info={
+            key: zero_padding(stack([torch.as_tensor(np.asarray(i[key])) for i in infos]))
+            for key in (infos[0] if infos else {})
+        },
+    )
+
+
+def concat(batches: Sequence[RolloutBatch]) -> RolloutBatch:
+    """Join batches of trajectories (group ids are renumbered to stay distinct)."""
+    max_chunks = max(b.max_chunks for b in batches)
+
+    def pad(value: Tensor) -> Tensor:
+        missing = max_chunks - value.shape[1]
+        if missing == 0:
+            return value
+        padding = torch.zeros((value.shape[0], missing) + value.shape[2:], dtype=value.dtype)
+        return torch.cat([value, padding], dim=1)
+
+    offsets = np.cumsum([0] + [int(b.group_index.max()) + 1 for b in batches[:-1]])
+    return RolloutBatch(
+        obs={k: torch.cat([pad(b.obs[k]) for b in batches]) for k in batches[0].obs},
+        instructions=[text for b in batches for text in b.instructions],
+        actions=torch.cat([pad(b.actions) for b in batches]),
+        tokens=torch.cat([pad(b.tokens) for b in batches]),
+        old_logprobs=torch.cat([pad(b.old_logprobs) for b in batches]),
+        entropy=torch.cat([pad(b.entropy) for b in batches]),
+        lengths=torch.cat([b.lengths for b in batches]),
+        rewards=torch.cat([b.rewards for b in batches]),
+        group_index=torch.cat([b.group_index + int(o) for b, o in zip(batches, offsets)]),
+        info={k: torch.cat([pad(b.info[k]) for b in batches]) for k in batches[0].info},
+    )

@@ -1,0 +1,140 @@
+"""SFT warm start: behaviour cloning on scripted demonstrations, cached on disk.
+
+GRPO learns nothing from groups whose outcomes are all equal, so RL starts from a policy that
+succeeds part of the time. The cloned weights are cached under ``train.sft.cache_dir``, keyed by
+everything that determines them, so a second run skips this stage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from pcm_core.config import RunConfig
+from pcm_core.errors import ConfigError
+from pcm_core.interfaces import EnvBackend, PolicyBackend
+
+
+def cache_path(config: RunConfig) -> Path:
+    """Folder of the cached warm start for this env, policy, SFT settings and seed."""
+    sft = config.train.sft.model_dump(exclude={"cache_dir"})
+    key = {"env": config.env.model_dump(), "policy": config.policy.model_dump(), "sft": sft, "seed": config.train.seed}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return Path(config.train.sft.cache_dir).expanduser() / digest
+
+
+def collect_demonstrations(
+    env: EnvBackend, chunk_size: int, episodes: int, seed: int
+) -> tuple[dict[str, Tensor], list[str], Tensor]:
+    """Run the env's scripted expert; keep the chunks of successful episodes.
+
+    Returns observations at each chunk start (each ``[S, ...]``), their ``S`` instructions and the
+    expert's action chunks ``[S, K, D]``.
+    """
+    rng = np.random.default_rng(seed)
+    obs_parts: dict[str, list[np.ndarray]] = {}
+    texts: list[str] = []
+    action_parts: list[np.ndarray] = []
+    num_chunks = math.ceil(env.max_steps / chunk_size)
+    for _ in range(math.ceil(episodes / env.num_envs)):
+        task_ids = rng.integers(0, env.num_tasks, env.num_envs).tolist()
+        init_states = rng.integers(0, 2**31 - 1, env.num_envs).tolist()
+        obs, instructions = env.reset(task_ids, init_states)
+        episode_obs: list[dict[str, np.ndarray]] = []
+        episode_actions: list[np.ndarray] = []
+        success = np.zeros(env.num_envs, dtype=bool)
+        for _ in range(num_chunks):
+            chunk = []
+            start_obs = {k: v.copy() for k, v in obs.items()}
+            for _ in range(chunk_size):
+                action = env.expert_actions()
+                if action is None:
+                    raise ConfigError(
+                        f"env '{type(env).__name__}' has no scripted expert for the SFT warm start.\n"
+                        "Fix: set train.sft.enabled=false and pass a pretrained policy.options.path"
+                    )
+                result = env.step(action)
+                success |= result.success
+                chunk.append(action)
+                obs = result.obs
+            episode_obs.append(start_obs)
+            episode_actions.append(np.stack(chunk, axis=1))  # [B, K, D]
+        for t, step_obs in enumerate(episode_obs):
+            for key, value in step_obs.items():
+                obs_parts.setdefault(key, []).append(value[success])
+            action_parts.append(episode_actions[t][success])
+            texts.extend(text for text, ok in zip(instructions, success) if ok)
+    obs_tensors = {key: torch.as_tensor(np.concatenate(parts)) for key, parts in obs_parts.items()}
+    actions = torch.as_tensor(np.concatenate(action_parts), dtype=torch.float32).clamp(-1, 1)
+    return obs_tensors, texts, actions
+
+
+def behaviour_clone(
+    policy: PolicyBackend,
+    obs: dict[str, Tensor],
+    instructions: list[str],
+    actions: Tensor,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+    on_epoch: Callable[[int, float], Any] | None = None,
+) -> float:
+    """Minimise the token cross-entropy ``-log pi(tokens(a*) | o)`` over the demonstrations."""
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(policy.module.parameters(), lr=lr)
+    targets = policy.actions_to_tokens(actions)  # [S, L]
+    device = policy.device
+    policy.module.train()
+    mean_loss = float("nan")
+    for epoch in range(epochs):
+        order = torch.randperm(len(targets), generator=generator)
+        total, count = 0.0, 0
+        for start in range(0, len(order), batch_size):
+            index = order[start : start + batch_size]
+            batch_obs = {k: v[index].to(device) for k, v in obs.items()}
+            batch_text = [instructions[i] for i in index.tolist()]
+            loss = -policy.log_probs(batch_obs, batch_text, targets[index].to(device)).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += float(loss) * len(index)
+            count += len(index)
+        mean_loss = total / max(count, 1)
+        if on_epoch is not None:
+            on_epoch(epoch, mean_loss)
+    policy.module.eval()
+    return mean_loss
+
+
+def warm_start(policy: PolicyBackend, env: EnvBackend, config: RunConfig, log: Callable[[str], Any] = print) -> Path:
+    """Load the cached warm start for this config, or build and cache it. Returns its folder."""
+    folder = cache_path(config)
+    weights = folder / "model.safetensors"
+    if weights.is_file():
+        policy.module.load_state_dict(load_file(str(weights), device=str(policy.device)))
+        log(f"warm start: loaded cached SFT weights from {folder}")
+        return folder
+    sft = config.train.sft
+    log(f"warm start: collecting {sft.demos} scripted demonstrations")
+    obs, instructions, actions = collect_demonstrations(env, policy.action_spec.chunk_size, sft.demos, config.train.seed)
+    if len(actions) == 0:
+        raise ConfigError("warm start: the scripted expert produced no successful demonstration.\nFix: check the env options")
+    log(f"warm start: behaviour cloning on {len(actions)} chunks for {sft.epochs} epochs")
+    behaviour_clone(
+        policy, obs, instructions, actions, sft.epochs, sft.lr, sft.batch_size, config.train.seed,
+        on_epoch=lambda epoch, loss: log(f"  epoch {epoch + 1}/{sft.epochs}: loss {loss:.3f}"),
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    temporary = folder / "model.safetensors.tmp"
+    save_file({k: v.detach().contiguous().cpu() for k, v in policy.module.state_dict().items()}, str(temporary))
+    temporary.replace(weights)
+    return folder
