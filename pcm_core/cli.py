@@ -46,9 +46,10 @@ def run(
     resolved_config = load_config(config, overrides, env=env, policy=policy)
     components = resolve_components(resolved_config)
     if dry_run:
-        out.print(yaml.safe_dump(resolved_config.model_dump(mode="json"), sort_keys=False).rstrip())
+        text = yaml.safe_dump(resolved_config.model_dump(mode="json"), sort_keys=False).rstrip()
+        out.print(text, markup=False, highlight=False, soft_wrap=True)
         names = ", ".join(f"{kind}={c.name}" for kind, c in components.items())
-        out.print(f"[green]config valid[/green]: {names}")
+        out.print(f"config valid: {names}", markup=False, highlight=False, soft_wrap=True)
         return
     from pcm_core.runner import train
 

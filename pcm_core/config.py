@@ -125,7 +125,8 @@ def format_validation_error(exc: ValidationError, prefix: str = "", model: type[
         return f"unknown key '{key}'.\nFix: {hint}valid keys: {', '.join(valid) or 'none'}"
     got = err.get("input")
     shown = repr(got) if not isinstance(got, dict) else "a mapping"
-    return f"'{key}' = {shown}: {err['msg']}.\nFix: set {key} to a valid value (see `pcm-run plugins`)."
+    where = "`pcm-run plugins`" if prefix else "docs/configuration.md"
+    return f"'{key}' = {shown}: {err['msg']}.\nFix: set {key} to a valid value (see {where})."
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -63,10 +63,11 @@ class Registration:
     def check_installed(self) -> None:
         missing = self.missing_modules()
         if missing:
-            extra = self.cls.extra or self.name
+            package = self.distribution if self.distribution != "?" else DISTRIBUTION
+            target = f'"{package}[{self.cls.extra}]"' if self.cls.extra else package
             raise MissingBackendError(
                 f"{self.kind} '{self.name}' needs {', '.join(missing)}, which is not installed.\n"
-                f'Fix: pip install "pcm-vla[{extra}]"'
+                f"Fix: pip install {target}"
             )
 
 

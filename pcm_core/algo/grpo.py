@@ -1,0 +1,129 @@
+"""GRPO: group-relative advantages and the PPO-clip token loss (clip-higher, optional k3 KL).
+
+Shapes: ``N`` trajectories, ``M`` groups, ``C`` chunks in a (compact) batch, ``L`` tokens per chunk.
+The loss is always ``sum_c weights_c * sum_l token_loss_{c,l}``: the caller's per-chunk weights
+carry the whole normalisation (token mean, sequence mean, importance weights), so summing the
+losses of micro-batches gives the loss of the full batch.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def _group_ids(group_index: Tensor) -> tuple[Tensor, int]:
+    """Dense ids ``[N]`` in ``0..M-1`` (sorted group-id order) and the number of groups ``M``."""
+    unique, dense = torch.unique(group_index, sorted=True, return_inverse=True)
+    return dense, int(unique.numel())
+
+
+def uniform_groups(rewards: Tensor, group_index: Tensor) -> Tensor:
+    """``[M]`` bool, True for groups whose outcomes are all equal (they carry no GRPO signal).
+
+    Args:
+        rewards: ``[N]`` outcome rewards.
+        group_index: ``[N]`` group id of each trajectory; the result follows sorted group-id order.
+    """
+    dense, num_groups = _group_ids(group_index)
+    high = torch.full((num_groups,), -torch.inf, dtype=rewards.dtype, device=rewards.device)
+    low = torch.full((num_groups,), torch.inf, dtype=rewards.dtype, device=rewards.device)
+    high = high.scatter_reduce(0, dense, rewards, reduce="amax")  # max_m R  [M]
+    low = low.scatter_reduce(0, dense, rewards, reduce="amin")  # min_m R  [M]
+    return high == low
+
+
+def group_advantages(rewards: Tensor, group_index: Tensor, eps: float = 1e-6) -> Tensor:
+    """GRPO advantage ``A_i = (R_i - mean_m R) / (std_m R + eps)``, shared by all chunks of trajectory i.
+
+    ``std_m`` is the *unbiased* sample standard deviation (Bessel's correction, ``torch.std``'s
+    default, as in TRL's GRPO trainer). Groups whose outcomes are all equal (including groups of
+    one trajectory) get exactly 0.
+
+    Args:
+        rewards: ``[N]`` outcome rewards ``R_i``.
+        group_index: ``[N]`` group id ``m`` of each trajectory (any integers).
+
+    Returns:
+        ``[N]`` advantages.
+    """
+    dense, num_groups = _group_ids(group_index)
+    rewards = rewards if rewards.is_floating_point() else rewards.float()
+    zeros = torch.zeros(num_groups, dtype=rewards.dtype, device=rewards.device)
+    size = zeros.index_add(0, dense, torch.ones_like(rewards))  # G_m  [M]
+    total = zeros.index_add(0, dense, rewards)  # sum_m R  [M]
+    mean = (total / size)[dense]  # mean_m R  [N]
+    squares = zeros.index_add(0, dense, (rewards - mean) ** 2)  # sum_m (R - mean)^2  [M]
+    std = (squares / (size - 1).clamp(min=1)).sqrt()[dense]  # std_m R (unbiased)  [N]
+    advantages = (rewards - mean) / (std + eps)  # A_i  [N]
+    return torch.where(uniform_groups(rewards, group_index)[dense], torch.zeros_like(advantages), advantages)
+
+
+def ppo_clip_token_loss(
+    logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, clip_low: float, clip_high: float
+) -> Tensor:
+    """Per-token PPO-clip loss ``-min(r A, clip(r, 1 - eps_low, 1 + eps_high) A)``.
+
+    Args:
+        logprobs: ``[C, L]`` log pi_theta of the sampled tokens (with gradients).
+        old_logprobs: ``[C, L]`` behaviour log-probabilities log pi_old.
+        advantages: ``[C]`` advantage of each chunk's trajectory.
+        clip_low, clip_high: eps_low and eps_high (clip-higher: eps_high >= eps_low).
+
+    Returns:
+        ``[C, L]`` token losses.
+    """
+    ratio = torch.exp(logprobs - old_logprobs)  # r  [C, L]
+    advantage = advantages[:, None]  # A  [C, 1]
+    unclipped = ratio * advantage  # r A  [C, L]
+    clipped = ratio.clamp(1.0 - clip_low, 1.0 + clip_high) * advantage  # clip(r) A  [C, L]
+    return -torch.minimum(unclipped, clipped)  # [C, L]
+
+
+def kl_k3(logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
+    """k3 estimator of KL(pi_theta || pi_ref) per token: ``exp(d) - d - 1`` with ``d = ref - logp``.
+
+    Args:
+        logprobs, ref_logprobs: ``[C, L]``.
+
+    Returns:
+        ``[C, L]`` non-negative per-token KL estimates.
+    """
+    delta = ref_logprobs - logprobs  # d = log pi_ref - log pi_theta  [C, L]
+    return torch.exp(delta) - delta - 1.0  # k3  [C, L]
+
+
+def policy_loss(
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    advantages: Tensor,
+    weights: Tensor,
+    clip_low: float,
+    clip_high: float,
+    ref_logprobs: Tensor | None = None,
+    kl_coef: float = 0.0,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """``loss = sum_c weights_c * sum_l (token_loss_{c,l} + kl_coef * kl_{c,l})``.
+
+    Args:
+        logprobs, old_logprobs: ``[C, L]``; ``ref_logprobs``: ``[C, L]`` or None (no KL term).
+        advantages: ``[C]``; weights: ``[C]`` the estimator weight of each chunk (full normalisation).
+
+    Returns:
+        The scalar loss and detached stats: ``clip_fraction`` (share of tokens whose ratio lies
+        outside the clip range), ``approx_kl`` (mean k3 estimate of KL(pi_old || pi_theta)) and,
+        with a reference and ``kl_coef > 0``, ``ref_kl`` (mean k3 KL to the reference).
+    """
+    token_loss = ppo_clip_token_loss(logprobs, old_logprobs, advantages, clip_low, clip_high)  # [C, L]
+    stats: dict[str, Tensor] = {}
+    if ref_logprobs is not None and kl_coef > 0.0:
+        ref_kl = kl_k3(logprobs, ref_logprobs)  # [C, L]
+        token_loss = token_loss + kl_coef * ref_kl
+        stats["ref_kl"] = ref_kl.detach().mean()
+    loss = (weights[:, None] * token_loss).sum()  # sum_c w_c sum_l loss_{c,l}
+    with torch.no_grad():
+        ratio = torch.exp(logprobs - old_logprobs)  # r  [C, L]
+        outside = (ratio < 1.0 - clip_low) | (ratio > 1.0 + clip_high)
+        stats["clip_fraction"] = outside.to(ratio.dtype).mean()
+        stats["approx_kl"] = kl_k3(old_logprobs, logprobs).mean()  # (r - 1) - log r, KL(pi_old || pi_theta)
+    return loss, stats

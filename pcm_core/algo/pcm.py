@@ -1,0 +1,219 @@
+"""PCM: phase keep-probabilities, fixed-budget chunk sampling, compaction and estimator weights.
+
+Shapes: ``N`` trajectories, ``T`` chunks (padded), ``P`` phases, ``L`` tokens per chunk,
+``C`` kept chunks. Steps refer to ``PCM.md``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from pcm_core.types import CompactBatch, PhaseScores, RolloutBatch, Selection
+
+Estimator = Literal["masked", "iw"]
+Aggregation = Literal["token_mean", "seq_mean", "traj_sum"]
+
+
+class KeepProbabilities:
+    """Phase keep-probabilities ``q`` ``[P]`` with PCM's three switchable mechanisms (step 3).
+
+    - concentration: ``w_k = v_k / sum_j v_j`` (uniform when all ``v`` are 0, or when off);
+    - exploration: ``w~_k = (1 - eps) w_k + eps / P`` (``w~ = w`` when off);
+    - online: ``q <- (1 - eta) q + eta w~`` every step, starting from uniform; when off, ``q`` is
+      set to the first observed batch's ``w~`` and then frozen.
+
+    A step whose scores have no observation (no mixed group) leaves ``q`` unchanged.
+
+    Attributes:
+        q: ``[P]`` current keep-probabilities (sum 1).
+        v: ``[P]`` the last observed scores ``v_k``; ``w``: ``[P]`` the last ``w~`` (for logging).
+    """
+
+    def __init__(
+        self,
+        num_phases: int,
+        concentration: bool = True,
+        exploration: bool = True,
+        exploration_floor: float = 0.1,
+        online: bool = True,
+        ema: float = 0.3,
+    ) -> None:
+        self.num_phases = num_phases
+        self.concentration = concentration
+        self.exploration = exploration
+        self.exploration_floor = exploration_floor
+        self.online = online
+        self.ema = ema
+        self.q = torch.full((num_phases,), 1.0 / num_phases, dtype=torch.float64)  # q, uniform start
+        self.v = torch.zeros(num_phases, dtype=torch.float64)
+        self.w = self.q.clone()
+        self.frozen = False
+
+    def update(self, scores: PhaseScores) -> Tensor:
+        """Fold one batch's scores into ``q``; returns ``q`` ``[P]`` (float64)."""
+        if not scores.observed or self.frozen:
+            return self.q
+        uniform = torch.full_like(self.q, 1.0 / self.num_phases)  # 1/P  [P]
+        v = scores.value.detach().to(self.q)  # v_k  [P]
+        w = v / v.sum() if self.concentration and v.sum() > 0 else uniform  # w_k  [P]
+        if self.exploration:
+            w = (1.0 - self.exploration_floor) * w + self.exploration_floor * uniform  # w~_k  [P]
+        if self.online:
+            self.q = (1.0 - self.ema) * self.q + self.ema * w  # q <- (1 - eta) q + eta w~
+        else:
+            self.q, self.frozen = w, True  # q = first estimate, then frozen
+        self.v, self.w = v, w
+        return self.q
+
+    def state_dict(self) -> dict[str, Tensor | int]:
+        return {"q": self.q.clone(), "v": self.v.clone(), "w": self.w.clone(), "frozen": int(self.frozen)}
+
+    def load_state_dict(self, state: dict[str, Tensor | int]) -> None:
+        self.q = torch.as_tensor(state["q"], dtype=torch.float64).clone()
+        self.v = torch.as_tensor(state["v"], dtype=torch.float64).clone()
+        self.w = torch.as_tensor(state["w"], dtype=torch.float64).clone()
+        self.frozen = bool(state["frozen"])
+
+
+def inclusion_probabilities(chunk_weights: Tensor, budget: int) -> Tensor:
+    """Inclusion probabilities ``pi_t = min(1, c * weight_t)`` with ``sum_t pi_t = min(budget, T)``.
+
+    Chunks whose ``pi`` would exceed 1 are capped at 1 and the rest of the budget is redistributed
+    over the others, until no chunk exceeds 1 (at most ``budget`` rounds). Zero weights: when fewer
+    than ``min(budget, T)`` chunks have a positive weight, every positive-weight chunk gets 1 and
+    the remaining budget is spread uniformly over the zero-weight chunks (so all-zero weights give
+    the uniform ``budget / T``); otherwise zero-weight chunks get 0.
+
+    Args:
+        chunk_weights: ``[T]`` non-negative weights (e.g. ``q`` of each chunk's phase).
+        budget: B.
+
+    Returns:
+        ``[T]`` float64 ``pi`` in [0, 1].
+    """
+    weights = chunk_weights.detach().cpu().to(torch.float64)
+    size = weights.numel()
+    n = min(budget, size)  # chunks to draw
+    positive = weights > 0
+    num_positive = int(positive.sum())
+    if num_positive <= n:
+        rest = (n - num_positive) / max(size - num_positive, 1)  # budget left per zero-weight chunk
+        return torch.where(positive, torch.ones_like(weights), torch.full_like(weights, rest))
+    capped = torch.zeros_like(positive)
+    while True:
+        free = torch.where(capped, torch.zeros_like(weights), weights)  # weights not yet capped
+        share = free / free.sum()  # w_t / sum of the uncapped w (no overflow for tiny weights)
+        pi = torch.where(capped, torch.ones_like(weights), (n - int(capped.sum())) * share)  # pi_t = min(1, c w_t)
+        over = pi > 1.0
+        if not bool(over.any()):
+            return pi
+        capped |= over
+
+
+def sample_exact(pi: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """Draw ``k = round(sum pi)`` distinct chunks with ``P(t kept) = pi_t`` exactly.
+
+    Systematic sampling over a random permutation: lay the ``pi`` of the permuted chunks end to end
+    on ``[0, k)`` and keep the chunks hit by the points ``u, u + 1, ..., u + k - 1`` with
+    ``u ~ U[0, 1)``. Each interval has length ``pi_t <= 1``, so it is hit at most once, and with
+    probability exactly ``pi_t``.
+
+    Args:
+        pi: ``[T]`` inclusion probabilities in [0, 1] with an integer sum.
+        generator: CPU generator for the permutation and ``u``.
+
+    Returns:
+        ``[k]`` long, sorted chunk indices.
+    """
+    k = int(round(float(pi.sum())))
+    if k == 0:
+        return torch.zeros(0, dtype=torch.long)
+    order = torch.randperm(pi.numel(), generator=generator)  # random permutation of the chunks
+    ends = torch.cumsum(pi.detach().cpu().to(torch.float64)[order], 0)  # interval ends on [0, k]
+    ends[-1] = k  # absorb float rounding: the points always fall inside [0, k)
+    u = torch.rand((), generator=generator, dtype=torch.float64)  # u ~ U[0, 1)
+    points = u + torch.arange(k, dtype=torch.float64)  # u, u + 1, ..., u + k - 1
+    hit = torch.searchsorted(ends, points, right=True)  # interval containing each point
+    return order[hit].sort().values
+
+
+def select_chunks(
+    chunk_weights: Tensor, lengths: Tensor, budget: int, generator: torch.Generator | None = None
+) -> Selection:
+    """Per trajectory: ``inclusion_probabilities`` then ``sample_exact`` over its real chunks.
+
+    Args:
+        chunk_weights: ``[N, T]`` non-negative weights (values on padding are ignored).
+        lengths: ``[N]`` real chunks ``T_i``.
+
+    Returns:
+        A :class:`Selection` with ``keep`` ``[N, T]`` and float64 ``inclusion_prob`` ``[N, T]``
+        (False and 0 on padding).
+    """
+    keep = torch.zeros(chunk_weights.shape, dtype=torch.bool)
+    inclusion = torch.zeros(chunk_weights.shape, dtype=torch.float64)
+    for i, length in enumerate(lengths.tolist()):
+        pi = inclusion_probabilities(chunk_weights[i, :length], budget)  # pi_t  [T_i]
+        inclusion[i, :length] = pi
+        keep[i, sample_exact(pi, generator)] = True
+    return Selection(keep=keep, inclusion_prob=inclusion)
+
+
+def compact(
+    batch: RolloutBatch,
+    selection: Selection,
+    advantages: Tensor,
+    estimator: Estimator = "masked",
+    aggregation: Aggregation = "token_mean",
+) -> CompactBatch:
+    """Gather only the kept chunks (trajectory-major, time order) and set their estimator weights.
+
+    The loss is ``sum_c w_c * sum_l token_loss_{c,l}`` with, for trajectory ``i`` of ``T_i`` chunks,
+    ``kept_i`` kept chunks, ``N`` trajectories and ``L`` tokens per chunk:
+
+    - ``masked`` + ``token_mean``: ``w = 1 / (L * C)``, the mean over all kept tokens;
+    - ``masked`` + ``seq_mean``: ``w = 1 / (N * L * kept_i)``, the mean over trajectories of each
+      trajectory's kept-token mean;
+    - ``masked`` + ``traj_sum``: ``w = 1 / (N * L * T_i)``, each trajectory's kept-token sum over
+      its full token count;
+    - ``iw`` (Horvitz-Thompson): ``w = 1 / (N * L * T_i * pi_t)`` whatever ``aggregation`` says:
+      the unbiased estimator of the ``traj_sum`` GRPO loss (equal to it when every ``pi_t = 1``).
+
+    With every chunk kept, ``masked`` is plain GRPO with the same aggregation.
+
+    Args:
+        batch: the rollouts ``[N, T, ...]``.
+        selection: ``keep`` and ``inclusion_prob`` ``[N, T]``.
+        advantages: ``[N]`` trajectory advantages.
+    """
+    traj, chunk = selection.keep.nonzero(as_tuple=True)  # source of each kept chunk  [C], [C]
+    num_traj = batch.num_trajectories  # N
+    tokens_per_chunk = batch.tokens.shape[-1]  # L
+    lengths = batch.lengths.to(torch.float64)[traj]  # T_i  [C]
+    if estimator == "iw":
+        pi = selection.inclusion_prob.to(torch.float64)[traj, chunk]  # pi_t  [C]
+        weights = 1.0 / (num_traj * tokens_per_chunk * lengths) / pi  # 1 / (N L T_i pi_t)
+    elif estimator != "masked":
+        raise ValueError(f"unknown estimator '{estimator}' (expected 'masked' or 'iw')")
+    elif aggregation == "token_mean":
+        weights = torch.full_like(lengths, 1.0 / (tokens_per_chunk * max(traj.numel(), 1)))  # 1 / (L C)
+    elif aggregation == "seq_mean":
+        kept = selection.keep.sum(1).to(torch.float64)[traj]  # kept_i  [C]
+        weights = 1.0 / (num_traj * tokens_per_chunk * kept)  # 1 / (N L kept_i)
+    elif aggregation == "traj_sum":
+        weights = 1.0 / (num_traj * tokens_per_chunk * lengths)  # 1 / (N L T_i)
+    else:
+        raise ValueError(f"unknown aggregation '{aggregation}' (expected token_mean, seq_mean or traj_sum)")
+    return CompactBatch(
+        obs={key: value[traj, chunk] for key, value in batch.obs.items()},
+        instructions=[batch.instructions[i] for i in traj.tolist()],
+        tokens=batch.tokens[traj, chunk],
+        old_logprobs=batch.old_logprobs[traj, chunk],
+        advantages=advantages[traj].to(batch.old_logprobs.dtype),
+        weights=weights.to(batch.old_logprobs.dtype),
+        trajectory=traj,
+        chunk=chunk,
+    )

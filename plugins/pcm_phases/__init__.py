@@ -1,0 +1,1 @@
+"""Built-in PCM components: phase segmenters, variance proxies and budget samplers."""

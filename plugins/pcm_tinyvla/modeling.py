@@ -1,0 +1,174 @@
+"""TinyVLA: a small Vision-Language-Action transformer built from ``transformers`` parts.
+
+One forward pass reads the sequence
+
+    [image patch tokens (N_p), state tokens (N_s), instruction tokens (T), action queries (L = K * D)]
+
+through a ``LlamaModel`` (causal attention, RoPE) and a dedicated 256-way head over the L query
+positions gives the logits of every action token of the chunk at once (OpenVLA-OFT's parallel
+decoding: the queries are learned embeddings, not previously sampled tokens, so all K * D tokens
+come from one pass). Token ids are bin ids ``0..255`` (see :mod:`pcm_tinyvla.binning`); there is no
+shared language-model vocabulary. The instruction embedding table is the Llama ``embed_tokens``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers import LlamaConfig, LlamaModel, PretrainedConfig, PreTrainedModel
+from transformers import initialization as init
+
+from pcm_tinyvla.binning import NUM_BINS
+from pcm_tinyvla.tokenizer import VOCABULARY
+
+
+class TinyVLAConfig(PretrainedConfig):
+    """Architecture of :class:`TinyVLAForActionPrediction` (saved as ``config.json``).
+
+    Attributes:
+        chunk_size: K actions per chunk. action_dim: D numbers per action.
+        hidden_size, num_hidden_layers, num_attention_heads, intermediate_size: the Llama trunk.
+        image_size: side of the square RGB input the patch encoder sees (other sizes are resized).
+        patch_size: side of one image patch; ``(image_size / patch_size) ** 2`` patch tokens.
+        state_keys: float observation keys read as one token each, in this order (absent keys are
+            skipped). max_state_dim: widest state vector; narrower ones are zero-padded.
+        vocab_size: instruction vocabulary size. max_instruction_tokens: T, fixed padded length.
+        num_bins: action bins per token (256).
+    """
+
+    model_type = "tinyvla"
+
+    chunk_size: int = 4
+    action_dim: int = 7
+    hidden_size: int = 128
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 4
+    intermediate_size: int = 384
+    image_size: int = 64
+    patch_size: int = 8
+    state_keys: tuple[str, ...] | list[str] = ("proprio", "state")
+    max_state_dim: int = 32
+    vocab_size: int = len(VOCABULARY)
+    max_instruction_tokens: int = 16
+    num_bins: int = NUM_BINS
+    initializer_range: float = 0.02
+    rms_norm_eps: float = 1e-6
+
+    @property
+    def num_patches(self) -> int:
+        """N_p, image patch tokens per observation."""
+        return (self.image_size // self.patch_size) ** 2
+
+    @property
+    def tokens_per_chunk(self) -> int:
+        """L = K * D action tokens per chunk."""
+        return self.chunk_size * self.action_dim
+
+    def llama_config(self) -> LlamaConfig:
+        """The configuration of the Llama trunk (no KV cache: every call is one full pass)."""
+        return LlamaConfig(
+            vocab_size=self.vocab_size,
+            hidden_size=self.hidden_size,
+            intermediate_size=self.intermediate_size,
+            num_hidden_layers=self.num_hidden_layers,
+            num_attention_heads=self.num_attention_heads,
+            num_key_value_heads=self.num_attention_heads,
+            max_position_embeddings=self.num_patches
+            + len(self.state_keys)
+            + self.max_instruction_tokens
+            + self.tokens_per_chunk,
+            initializer_range=self.initializer_range,
+            rms_norm_eps=self.rms_norm_eps,
+            pad_token_id=0,
+            use_cache=False,
+            attn_implementation="sdpa",
+        )
+
+
+class TinyVLAForActionPrediction(PreTrainedModel):
+    """Image + states + instruction -> logits ``[B, L, 256]`` over the bins of every action token."""
+
+    config_class = TinyVLAConfig
+    config: TinyVLAConfig
+    base_model_prefix = "tinyvla"
+    main_input_name = "images"
+    _supports_sdpa = True
+
+    def __init__(self, config: TinyVLAConfig) -> None:
+        super().__init__(config)
+        hidden = config.hidden_size
+        self.patch_embed = nn.Conv2d(3, hidden, kernel_size=config.patch_size, stride=config.patch_size)
+        self.patch_position = nn.Parameter(torch.zeros(config.num_patches, hidden))
+        self.state_proj = nn.ModuleDict({key: nn.Linear(config.max_state_dim, hidden) for key in config.state_keys})
+        self.action_queries = nn.Parameter(torch.zeros(config.tokens_per_chunk, hidden))
+        self.llm = LlamaModel(config.llama_config())
+        self.action_head = nn.Linear(hidden, config.num_bins)
+        self.post_init()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, TinyVLAForActionPrediction):
+            init.normal_(module.patch_position, mean=0.0, std=self.config.initializer_range)
+            init.normal_(module.action_queries, mean=0.0, std=self.config.initializer_range)
+
+    def embed_image(self, images: Tensor) -> Tensor:
+        """uint8 ``[B, H, W, 3]`` RGB -> patch tokens ``[B, N_p, hidden]``.
+
+        Pixels are scaled to [-1, 1]; a different ``H, W`` is bilinearly resized to ``image_size``.
+        """
+        size = self.config.image_size
+        pixels = images.permute(0, 3, 1, 2).to(self.patch_embed.weight.dtype) / 127.5 - 1.0  # [B, 3, H, W]
+        if pixels.shape[-2:] != (size, size):
+            pixels = F.interpolate(pixels, size=(size, size), mode="bilinear", align_corners=False)
+        patches = self.patch_embed(pixels).flatten(2).transpose(1, 2)  # [B, N_p, hidden]
+        return patches + self.patch_position
+
+    def embed_states(self, states: dict[str, Tensor], batch: int) -> Tensor:
+        """One token per present key of ``config.state_keys``: ``[B, N_s, hidden]`` (N_s may be 0).
+
+        Each value is ``[B, S_key]`` float with ``S_key <= max_state_dim``.
+        """
+        tokens = []
+        for key in self.config.state_keys:
+            if key not in states:
+                continue
+            value = states[key].to(self.patch_embed.weight.dtype)
+            width = value.shape[-1]
+            if width > self.config.max_state_dim:
+                raise ValueError(
+                    f"observation '{key}' has {width} numbers, more than max_state_dim={self.config.max_state_dim}"
+                )
+            tokens.append(self.state_proj[key](F.pad(value, (0, self.config.max_state_dim - width))))
+        if not tokens:
+            return self.action_queries.new_zeros(batch, 0, self.config.hidden_size)
+        return torch.stack(tokens, dim=1)
+
+    def forward(
+        self,
+        images: Tensor,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        states: dict[str, Tensor] | None = None,
+    ) -> Tensor:
+        """Action-token logits of one chunk per observation.
+
+        Args:
+            images: uint8 ``[B, H, W, 3]``.
+            input_ids: ``[B, T]`` instruction token ids. attention_mask: ``[B, T]`` 1 = real token.
+            states: float ``[B, S_key]`` per state key (missing keys are skipped).
+
+        Returns:
+            ``[B, L, num_bins]`` unnormalised logits, ``L = K * D`` in (action, dimension) order.
+        """
+        batch = images.shape[0]
+        image_tokens = self.embed_image(images)  # [B, N_p, h]
+        state_tokens = self.embed_states(states or {}, batch)  # [B, N_s, h]
+        text_tokens = self.llm.embed_tokens(input_ids)  # [B, T, h]
+        queries = self.action_queries.expand(batch, -1, -1)  # [B, L, h]
+        sequence = torch.cat([image_tokens, state_tokens, text_tokens, queries], dim=1)  # [B, N, h]
+        prefix = image_tokens.shape[1] + state_tokens.shape[1]
+        ones = attention_mask.new_ones(batch, prefix)
+        mask = torch.cat([ones, attention_mask, attention_mask.new_ones(batch, queries.shape[1])], dim=1)  # [B, N]
+        hidden = self.llm(inputs_embeds=sequence, attention_mask=mask).last_hidden_state  # [B, N, h]
+        return self.action_head(hidden[:, -queries.shape[1] :])  # [B, L, num_bins]

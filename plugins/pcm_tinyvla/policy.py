@@ -1,0 +1,229 @@
+"""``tinyvla``: the :class:`~pcm_core.interfaces.PolicyBackend` around :mod:`pcm_tinyvla.modeling`.
+
+The policy over one chunk is a product of L = K * D independent categoricals (one per action
+token, ``softmax(logits / temperature)`` over 256 bins), all read from one forward pass, so the
+chunk log-probability is the sum of the L token log-probabilities. ``transformers`` is imported
+when a policy is built, never at registration.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+from pydantic import Field, model_validator
+from torch import Tensor, nn
+
+from pcm_core.interfaces import Options, PolicyBackend
+from pcm_core.types import ActionSpec, PolicyOutput
+from pcm_tinyvla.binning import actions_to_bins, bins_to_actions
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerFast
+
+    from pcm_tinyvla.modeling import TinyVLAConfig, TinyVLAForActionPrediction
+
+SIZE_PRESETS: dict[str, dict[str, int]] = {
+    "1m": {"hidden_size": 128, "num_layers": 4, "num_heads": 4, "intermediate_size": 384},
+    "25m": {"hidden_size": 512, "num_layers": 8, "num_heads": 8, "intermediate_size": 1344},
+    "100m": {"hidden_size": 768, "num_layers": 14, "num_heads": 12, "intermediate_size": 2048},
+}
+"""Trunk sizes by ``size`` option; parameters measured with the default K=4, D=7, 64x64 images,
+patch 8: 0.96M, 25.3M, 99.7M (see ``tests/tinyvla/test_tinyvla.py::test_size_presets``)."""
+
+ARCHITECTURE_FIELDS: dict[str, str] = {
+    "chunk_size": "chunk_size",
+    "action_dim": "action_dim",
+    "hidden_size": "hidden_size",
+    "num_layers": "num_hidden_layers",
+    "num_heads": "num_attention_heads",
+    "intermediate_size": "intermediate_size",
+    "image_size": "image_size",
+    "patch_size": "patch_size",
+    "state_keys": "state_keys",
+    "max_state_dim": "max_state_dim",
+    "max_instruction_tokens": "max_instruction_tokens",
+}
+"""Option name -> ``TinyVLAConfig`` attribute, for every option that fixes the architecture."""
+
+
+class TinyVLAOptions(Options):
+    """Options of the ``tinyvla`` policy. Architecture options apply to a fresh (random) model;
+    with ``path`` the saved config decides, and an explicitly set option that disagrees is an error."""
+
+    path: str | None = Field(
+        None,
+        description="None: random init; else a folder written by save() or a Hugging Face hub id "
+        "(loaded with from_pretrained, never trust_remote_code)",
+    )
+    size: Literal["1m", "25m", "100m"] = Field(
+        "1m", description="preset for hidden_size/num_layers/num_heads/intermediate_size (explicit values win)"
+    )
+    chunk_size: int = Field(4, gt=0, description="K: actions per chunk")
+    action_dim: int = Field(7, gt=0, description="D: numbers per action")
+    hidden_size: int = Field(128, gt=0, description="transformer width")
+    num_layers: int = Field(4, gt=0, description="Llama decoder layers")
+    num_heads: int = Field(4, gt=0, description="attention heads (hidden_size must divide by it)")
+    intermediate_size: int = Field(384, gt=0, description="SwiGLU MLP width")
+    image_size: int = Field(64, gt=0, description="side of the square image the patch encoder sees")
+    patch_size: int = Field(8, gt=0, description="side of one image patch (image_size must divide by it)")
+    state_keys: list[str] = Field(
+        default_factory=lambda: ["proprio", "state"],
+        description="float observation keys read as one token each; absent keys are skipped",
+    )
+    max_state_dim: int = Field(32, gt=0, description="widest state vector; narrower ones are zero-padded")
+    max_instruction_tokens: int = Field(16, gt=0, description="instructions are padded/truncated to this many tokens")
+    temperature: float = Field(1.0, gt=0.0, description="softmax temperature of the action-token distribution")
+    seed: int = Field(0, ge=0, description="seed of the random initialisation")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_size_preset(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "size" in data:
+            return {**SIZE_PRESETS.get(data["size"], {}), **data}
+        return data
+
+    @model_validator(mode="after")
+    def _check_divisibility(self) -> "TinyVLAOptions":
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+        if self.image_size % self.patch_size:
+            raise ValueError(f"image_size {self.image_size} is not divisible by patch_size {self.patch_size}")
+        return self
+
+
+class TinyVLAPolicy(PolicyBackend):
+    """A small VLA for CPU: random init or loaded from ``options.path``.
+
+    ``action_spec``, when given, sets K and D of a fresh model and must match a loaded one.
+    """
+
+    Options = TinyVLAOptions
+
+    def __init__(self, options: TinyVLAOptions, action_spec: ActionSpec | None = None) -> None:
+        super().__init__(options, action_spec)
+        from pcm_tinyvla.modeling import TinyVLAForActionPrediction
+
+        self.options: TinyVLAOptions = options
+        if options.path is None:
+            config = self._config_from_options(options, action_spec)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(options.seed)
+                self.model = TinyVLAForActionPrediction(config)
+            self.tokenizer = self._fresh_tokenizer(config)
+        else:
+            from transformers import PreTrainedTokenizerFast
+
+            self.model = TinyVLAForActionPrediction.from_pretrained(options.path, trust_remote_code=False)
+            self.tokenizer = PreTrainedTokenizerFast.from_pretrained(options.path, trust_remote_code=False)
+            self._check_loaded(self.model.config, options, action_spec)
+        self.model.eval()
+        self._spec = ActionSpec(self.model.config.chunk_size, self.model.config.action_dim)
+        self._instruction_cache: dict[str, tuple[Tensor, Tensor]] = {}
+
+    @staticmethod
+    def _config_from_options(options: TinyVLAOptions, action_spec: ActionSpec | None) -> "TinyVLAConfig":
+        from pcm_tinyvla.modeling import TinyVLAConfig
+
+        values = {attr: getattr(options, name) for name, attr in ARCHITECTURE_FIELDS.items()}
+        if action_spec is not None:
+            values.update(chunk_size=action_spec.chunk_size, action_dim=action_spec.action_dim)
+        return TinyVLAConfig(**values)
+
+    @staticmethod
+    def _fresh_tokenizer(config: "TinyVLAConfig") -> "PreTrainedTokenizerFast":
+        from pcm_tinyvla.tokenizer import build_tokenizer
+
+        return build_tokenizer(config.max_instruction_tokens)
+
+    @staticmethod
+    def _check_loaded(config: "TinyVLAConfig", options: TinyVLAOptions, action_spec: ActionSpec | None) -> None:
+        wanted = {name: getattr(options, name) for name in ARCHITECTURE_FIELDS if name in options.model_fields_set}
+        if action_spec is not None:
+            wanted.update(chunk_size=action_spec.chunk_size, action_dim=action_spec.action_dim)
+        for name, value in wanted.items():
+            saved = getattr(config, ARCHITECTURE_FIELDS[name])
+            if (list(saved) if isinstance(saved, (list, tuple)) else saved) != value:
+                raise ValueError(f"tinyvla at {options.path} has {name}={saved}, options ask for {value}")
+
+    @property
+    def module(self) -> nn.Module:
+        return self.model
+
+    @property
+    def action_spec(self) -> ActionSpec:
+        return self._spec
+
+    @property
+    def tokens_per_chunk(self) -> int:
+        return self.model.config.tokens_per_chunk
+
+    def encode_instructions(self, instructions: list[str]) -> tuple[Tensor, Tensor]:
+        """Token ids and attention mask, each ``[B, T]`` long on the model's device.
+
+        Each distinct string is tokenised once and cached; a batch is assembled by indexing.
+        """
+        new = [text for text in dict.fromkeys(instructions) if text not in self._instruction_cache]
+        if new:
+            encoded = self.tokenizer(
+                new,
+                padding="max_length",
+                truncation=True,
+                max_length=self.model.config.max_instruction_tokens,
+                return_tensors="pt",
+            )
+            for i, text in enumerate(new):
+                self._instruction_cache[text] = (encoded["input_ids"][i], encoded["attention_mask"][i])
+        device = self.device
+        ids = torch.stack([self._instruction_cache[text][0] for text in instructions]).to(device)
+        mask = torch.stack([self._instruction_cache[text][1] for text in instructions]).to(device)
+        return ids, mask
+
+    def logits(self, obs: dict[str, Tensor], instructions: list[str]) -> Tensor:
+        """``[B, L, 256]`` tempered action-token logits for observations ``[B, ...]``."""
+        input_ids, attention_mask = self.encode_instructions(instructions)
+        states = {key: obs[key] for key in self.model.config.state_keys if key in obs}
+        logits = self.model(obs["image"], input_ids, attention_mask, states)  # [B, L, 256]
+        return logits / self.options.temperature
+
+    @torch.no_grad()
+    def act(
+        self,
+        obs: dict[str, Tensor],
+        instructions: list[str],
+        generator: torch.Generator | None = None,
+        greedy: bool = False,
+    ) -> PolicyOutput:
+        """Sample all L tokens of a chunk in parallel (or their argmax with ``greedy``).
+
+        Returns actions ``[B, K, D]`` (bin centres), tokens ``[B, L]``, log-probs ``[B, L]`` and the
+        mean token entropy ``[B]`` of the sampling distribution.
+        """
+        log_p = torch.log_softmax(self.logits(obs, instructions).float(), dim=-1)  # [B, L, 256]
+        batch, length, bins = log_p.shape
+        if greedy:
+            tokens = log_p.argmax(dim=-1)  # [B, L]
+        else:
+            # draw on the generator's device (a CPU generator also drives a CUDA policy)
+            flat = log_p.exp().reshape(batch * length, bins)
+            if generator is not None:
+                flat = flat.to(generator.device)
+            tokens = torch.multinomial(flat, 1, generator=generator).reshape(batch, length).to(log_p.device)  # [B, L]
+        logprobs = log_p.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)  # [B, L]
+        entropy = -(log_p.exp() * log_p).sum(-1).mean(-1)  # [B]
+        actions = bins_to_actions(tokens).reshape(batch, self._spec.chunk_size, self._spec.action_dim)
+        return PolicyOutput(actions=actions, tokens=tokens, logprobs=logprobs, entropy=entropy)
+
+    def log_probs(self, obs: dict[str, Tensor], instructions: list[str], tokens: Tensor) -> Tensor:
+        """``[B, L]`` log-probabilities of ``tokens`` ``[B, L]`` (differentiable)."""
+        log_p = torch.log_softmax(self.logits(obs, instructions).float(), dim=-1)  # [B, L, 256]
+        return log_p.gather(-1, tokens.long().unsqueeze(-1)).squeeze(-1)
+
+    def actions_to_tokens(self, actions: Tensor) -> Tensor:
+        """``[B, K, D]`` normalised actions -> ``[B, L]`` bin ids (``-1 -> 0``, ``0 -> 128``, ``1 -> 255``)."""
+        return actions_to_bins(actions).reshape(actions.shape[0], -1)
+
+    def save(self, path: str) -> None:
+        """``save_pretrained`` of model (``model.safetensors`` + ``config.json``) and tokenizer."""
+        self.model.save_pretrained(path)
+        self.tokenizer.save_pretrained(path)

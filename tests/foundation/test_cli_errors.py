@@ -1,0 +1,188 @@
+"""Every user mistake ends with exit code 2 and two plain lines on stderr: the problem, then the fix.
+
+Cases whose first error is found after config validation (component names and component options)
+need the built-in env ``tabletop`` and policy ``tinyvla`` to be registered, because
+``resolve_components`` checks env, then policy, then segmenter, proxy and sampler.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pcm_core.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+PCM_RUN = str(Path(sys.executable).with_name("pcm-run"))
+QUICKSTART = ROOT / "configs" / "quickstart.yaml"
+
+FILES = {
+    "malformed.yaml": "pcm:\n  budget: [1, 2\ntrain: {}\n",
+    "list.yaml": "- pcm\n- train\n",
+    "scalar.yaml": "just a string\n",
+    "badkey.yaml": "pcm:\n  budgit: 3\n",
+    "badtype.yaml": "train:\n  steps: many\n",
+    "badsection.yaml": "pcm: 3\n",
+}
+
+# (id, argv, substrings the two stderr lines must contain); "{tmp}" is the folder holding FILES.
+CASES = [
+    # component names: a typo gets the nearest installed name
+    ("env-typo", ["--env", "tabletp"], ["unknown env 'tabletp'", "did you mean 'tabletop'?"]),
+    ("env-unrelated", ["--env", "zzzz"], ["unknown env 'zzzz'", "installed envs:", "tabletop"]),
+    ("policy-typo", ["--policy", "tinyvl"], ["unknown policy 'tinyvl'", "did you mean 'tinyvla'?"]),
+    ("segmenter-typo", ["--set", "pcm.segmenter=griper"], ["unknown segmenter 'griper'", "did you mean 'gripper'?"]),
+    ("proxy-typo", ["--set", "pcm.proxy=success_failur"], ["unknown proxy 'success_failur'", "did you mean 'success_failure'?"]),
+    ("sampler-typo", ["--set", "pcm.sampler=topK"], ["unknown sampler 'topK'", "did you mean 'topk'?"]),
+    ("sampler-unrelated", ["--set", "pcm.sampler=qqqq"], ["unknown sampler 'qqqq'", "installed samplers:", "all", "pcm", "topk", "uniform"]),
+    # known backends whose extra is not installed
+    ("env-libero", ["--env", "libero"], ["env 'libero' is not installed", 'pip install "pcm-vla[libero]"']),
+    ("env-maniskill", ["--env", "maniskill"], ["env 'maniskill' is not installed", 'pip install "pcm-vla[maniskill]"']),
+    ("policy-openvla", ["--policy", "openvla"], ["policy 'openvla' is not installed", 'pip install "pcm-vla[openvla]"']),
+    ("policy-openvla-oft", ["--policy", "openvla-oft"], ["policy 'openvla-oft'", 'pip install "pcm-vla[openvla]"']),
+    # component options, validated against the component's own Options model
+    ("segmenter-option-typo", ["--set", "pcm.segmenter_options.num_phase=3"],
+     ["unknown key 'pcm.segmenter_options.num_phase'", "did you mean 'num_phases'?"]),
+    ("segmenter-option-type", ["--set", "pcm.segmenter_options.num_phases=abc"],
+     ["'pcm.segmenter_options.num_phases' = 'abc'", "valid integer"]),
+    ("segmenter-option-range", ["--set", "pcm.segmenter_options.num_phases=0"],
+     ["'pcm.segmenter_options.num_phases' = 0", "greater than or equal to 1"]),
+    ("sampler-option-unknown", ["--set", "pcm.sampler_options.bogus_key=1"], ["unknown key 'pcm.sampler_options.bogus_key'"]),
+    ("proxy-option-unknown", ["--set", "pcm.proxy_options.bogus_key=1"], ["unknown key 'pcm.proxy_options.bogus_key'"]),
+    ("env-option-unknown", ["--set", "env.options.bogus_key=1"], ["unknown key 'env.options.bogus_key'"]),
+    ("policy-option-unknown", ["--set", "policy.options.bogus_key=1"], ["unknown key 'policy.options.bogus_key'"]),
+    # top-level keys
+    ("section-typo", ["--set", "trian.steps=3"], ["unknown key 'trian'", "did you mean 'train'?"]),
+    ("section-unknown", ["--set", "foo=1"], ["unknown key 'foo'", "valid keys: env, pcm, policy, tracking, train"]),
+    ("pcm-key-typo", ["--set", "pcm.budgt=3"], ["unknown key 'pcm.budgt'", "did you mean 'budget'?"]),
+    ("sft-key-typo", ["--set", "train.sft.epoch=3"], ["unknown key 'train.sft.epoch'", "did you mean 'epochs'?"]),
+    ("tracking-key-typo", ["--set", "tracking.enabeld=false"], ["unknown key 'tracking.enabeld'", "did you mean 'enabled'?"]),
+    ("section-not-mapping", ["--set", "pcm=3"], ["'pcm' = 3", "valid dictionary"]),
+    ("options-not-mapping", ["--set", "pcm.segmenter_options=3"], ["'pcm.segmenter_options' = 3", "valid dictionary"]),
+    # values: types and ranges
+    ("budget-zero", ["--set", "pcm.budget=0"], ["'pcm.budget' = 0", "greater than 0", "set pcm.budget"]),
+    ("budget-negative", ["--set", "pcm.budget=-3"], ["'pcm.budget' = -3", "greater than 0"]),
+    ("budget-string", ["--set", "pcm.budget=abc"], ["'pcm.budget' = 'abc'", "valid integer"]),
+    ("budget-fraction", ["--set", "pcm.budget=1.5"], ["'pcm.budget' = 1.5", "fractional part"]),
+    ("budget-list", ["--set", "pcm.budget=[1,2]"], ["'pcm.budget' = [1, 2]", "valid integer"]),
+    ("floor-above-one", ["--set", "pcm.exploration_floor=1.5"], ["'pcm.exploration_floor' = 1.5", "less than or equal to 1"]),
+    ("floor-negative", ["--set", "pcm.exploration_floor=-0.1"], ["'pcm.exploration_floor' = -0.1", "greater than or equal to 0"]),
+    ("ema-zero", ["--set", "pcm.ema=0"], ["'pcm.ema' = 0", "greater than 0"]),
+    ("ema-above-one", ["--set", "pcm.ema=1.5"], ["'pcm.ema' = 1.5", "less than or equal to 1"]),
+    ("clip-high-below-low", ["--set", "train.clip_high=0.1"], ["'train.clip_high' = 0.1", "clip_low = 0.2", "clip_high >= clip_low"]),
+    ("clip-low-one", ["--set", "train.clip_low=1.0"], ["'train.clip_low' = 1.0", "less than 1"]),
+    ("estimator", ["--set", "pcm.estimator=ht"], ["'pcm.estimator' = 'ht'", "'masked' or 'iw'"]),
+    ("aggregation", ["--set", "train.loss_aggregation=mean"], ["'train.loss_aggregation' = 'mean'", "'token_mean'"]),
+    ("device", ["--set", "train.device=tpu"], ["'train.device' = 'tpu'", "'auto', 'cpu' or 'cuda'"]),
+    ("bool", ["--set", "pcm.online=maybe"], ["'pcm.online' = 'maybe'", "valid boolean"]),
+    ("group-size-one", ["--set", "train.group_size=1"], ["'train.group_size' = 1", "greater than or equal to 2"]),
+    ("steps-zero", ["--set", "train.steps=0"], ["'train.steps' = 0", "greater than 0"]),
+    ("seed-negative", ["--set", "train.seed=-1"], ["'train.seed' = -1", "greater than or equal to 0"]),
+    # config files
+    ("config-missing", ["--config", "{tmp}/missing.yaml"], ["missing.yaml' does not exist", "--config"]),
+    ("config-malformed", ["--config", "{tmp}/malformed.yaml"], ["malformed.yaml' is not valid YAML at line 3", "correct the YAML"]),
+    ("config-list", ["--config", "{tmp}/list.yaml"], ["list.yaml' holds a list, not a mapping", "'pcm:'"]),
+    ("config-scalar", ["--config", "{tmp}/scalar.yaml"], ["scalar.yaml' holds a str, not a mapping"]),
+    ("config-unknown-key", ["--config", "{tmp}/badkey.yaml"], ["unknown key 'pcm.budgit'", "did you mean 'budget'?"]),
+    ("config-bad-type", ["--config", "{tmp}/badtype.yaml"], ["'train.steps' = 'many'", "valid integer"]),
+    ("config-bad-section", ["--config", "{tmp}/badsection.yaml"], ["'pcm' = 3"]),
+    ("config-no-argument", ["--config"], ["'--config' requires an argument", "pcm-run --help"]),
+    # override syntax
+    ("override-no-equals", ["--set", "pcm.budget"], ["override 'pcm.budget' has no '='", "--set KEY=VALUE"]),
+    ("override-empty-key", ["--set", "=3"], ["override '=3' has an empty key", "--set KEY=VALUE"]),
+    ("override-empty-part", ["--set", "pcm..budget=3"], ["override 'pcm..budget=3' has an empty key"]),
+    ("override-no-argument", ["--set"], ["'--set' requires an argument"]),
+    # command line
+    ("unknown-option", ["--bogus"], ["No such option: --bogus", "pcm-run --help"]),
+    ("option-typo", ["--sett", "pcm.budget=3"], ["No such option: --sett", "--set"]),
+    ("unknown-command", ["trian"], ["No such command 'trian'", "pcm-run --help"]),
+    ("plugins-unknown-option", ["plugins", "--all"], ["No such option: --all"]),
+]
+
+
+@pytest.fixture
+def files(tmp_path):
+    for name, text in FILES.items():
+        (tmp_path / name).write_text(text)
+    return tmp_path
+
+
+def _argv(argv, folder):
+    return [a.replace("{tmp}", str(folder)) for a in argv]
+
+
+def _check_stderr(stderr: str, expected: list[str]) -> None:
+    lines = stderr.strip().splitlines()
+    assert 1 <= len(lines) <= 2, stderr
+    assert "Traceback" not in stderr
+    assert lines[0].startswith("pcm-run: "), lines
+    if len(lines) == 2:
+        assert lines[1].startswith("Fix:"), lines
+    for text in expected:
+        assert text in stderr, f"{text!r} not in {stderr!r}"
+
+
+@pytest.mark.parametrize("argv, expected", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input_in_process(argv, expected, files, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--dry-run", *_argv(argv, files)])  # --dry-run: a case that wrongly passes must not train
+    captured = capsys.readouterr()
+    assert info.value.code == 2, captured.err
+    assert captured.out == ""
+    _check_stderr(captured.err, expected)
+
+
+SUBPROCESS_CASES = ["env-libero", "budget-zero", "config-missing", "config-list", "unknown-option", "override-no-equals"]
+
+
+@pytest.mark.parametrize("case", SUBPROCESS_CASES)
+def test_bad_input_console_script(case, files):
+    _, argv, expected = next(c for c in CASES if c[0] == case)
+    env = {k: v for k, v in os.environ.items() if k != "PCM_PLUGINS"}
+    proc = subprocess.run([PCM_RUN, "--dry-run", *_argv(argv, files)], capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stdout == ""
+    _check_stderr(proc.stderr, expected)
+
+
+def test_dry_run_defaults_prints_resolved_config(capsys):
+    main(["--dry-run"])  # returns normally: exit code 0
+    captured = capsys.readouterr()
+    assert captured.err == ""
+    assert "budget: 12" in captured.out
+    assert "name: tabletop" in captured.out and "name: tinyvla" in captured.out
+    assert "config valid" in captured.out
+    assert "segmenter=gripper" in captured.out and "sampler=pcm" in captured.out
+
+
+def test_dry_run_applies_overrides(capsys):
+    main(["--dry-run", "--set", "pcm.budget=5", "--set", "pcm.sampler=all", "--set", "pcm.segmenter_options.num_phases=2"])
+    out = capsys.readouterr().out
+    assert "budget: 5" in out and "sampler: all" in out and "num_phases: 2" in out
+
+
+def test_dry_run_console_script_exit_zero():
+    proc = subprocess.run([PCM_RUN, "--dry-run"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "config valid" in proc.stdout
+
+
+@pytest.mark.skipif(not QUICKSTART.is_file(), reason="configs/quickstart.yaml not written yet")
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")))
+def test_shipped_configs_validate(name, capsys):
+    main(["--dry-run", "--config", str(ROOT / "configs" / name)])
+    assert "config valid" in capsys.readouterr().out
+
+
+def test_dry_run_prints_loadable_yaml(capsys):
+    import yaml
+
+    long_dir = "/tmp/" + "/".join(["a_rather_long_folder_name"] * 5) + "/runs"
+    main(["--dry-run", "--set", "tracking.run_name=[bold]x", "--set", f"train.output_dir={long_dir}"])
+    printed = yaml.safe_load(capsys.readouterr().out.split("config valid")[0])
+    assert printed["tracking"]["run_name"] == "[bold]x"
+    assert printed["train"]["output_dir"] == long_dir
