@@ -34,7 +34,7 @@ def cache_path(config: RunConfig) -> Path:
 def collect_demonstrations(
     env: EnvBackend, chunk_size: int, episodes: int, seed: int
 ) -> tuple[dict[str, Tensor], list[str], Tensor]:
-    """Run the env's scripted expert; keep the chunks of successful episodes.
+    """Run the env's scripted expert; keep the chunks of successful episodes up to their success.
 
     Returns observations at each chunk start (each ``[S, ...]``), their ``S`` instructions and the
     expert's action chunks ``[S, K, D]``.
@@ -51,7 +51,8 @@ def collect_demonstrations(
         episode_obs: list[dict[str, np.ndarray]] = []
         episode_actions: list[np.ndarray] = []
         success = np.zeros(env.num_envs, dtype=bool)
-        for _ in range(num_chunks):
+        solved_at = np.full(env.num_envs, num_chunks)  # first chunk that ends in success
+        for t in range(num_chunks):
             chunk = []
             start_obs = {k: v.copy() for k, v in obs.items()}
             for _ in range(chunk_size):
@@ -65,13 +66,17 @@ def collect_demonstrations(
                 success |= result.success
                 chunk.append(action)
                 obs = result.obs
+            solved_at = np.where(success & (solved_at == num_chunks), t, solved_at)
             episode_obs.append(start_obs)
             episode_actions.append(np.stack(chunk, axis=1))  # [B, K, D]
+            if success.all():
+                break
         for t, step_obs in enumerate(episode_obs):
+            keep = success & (t <= solved_at)  # what happens after success does not matter
             for key, value in step_obs.items():
-                obs_parts.setdefault(key, []).append(value[success])
-            action_parts.append(episode_actions[t][success])
-            texts.extend(text for text, ok in zip(instructions, success) if ok)
+                obs_parts.setdefault(key, []).append(value[keep])
+            action_parts.append(episode_actions[t][keep])
+            texts.extend(text for text, ok in zip(instructions, keep) if ok)
     obs_tensors = {key: torch.as_tensor(np.concatenate(parts)) for key, parts in obs_parts.items()}
     actions = torch.as_tensor(np.concatenate(action_parts), dtype=torch.float32).clamp(-1, 1)
     return obs_tensors, texts, actions
@@ -106,7 +111,7 @@ def behaviour_clone(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total += float(loss) * len(index)
+            total += float(loss.detach()) * len(index)
             count += len(index)
         mean_loss = total / max(count, 1)
         if on_epoch is not None:

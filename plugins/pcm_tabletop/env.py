@@ -27,7 +27,8 @@ the gripper and turned by ``miss_turn`` (0.4 rad) away from the gripper's yaw, s
 grasp costs a new approach. The gripper stays closed on nothing until it is opened again; the
 episode continues and the policy may retry. Approach, transport and release are easy: a grasped
 block follows the gripper (centred on it, aligned with its yaw) and is dropped where the gripper
-opens; success is a drop whose centre lies within ``target_radius`` of the named plate.
+opens. Success: the named block is not held and its centre lies within ``target_radius`` of the
+named plate (normally after a drop; a block knocked onto the plate counts too).
 
 Episodes have a fixed horizon: ``done`` is True exactly at ``max_steps`` (256), for every episode.
 ``success`` is reported every step and stays True once achieved.
@@ -119,11 +120,15 @@ class TabletopOptions(Options):
     max_translation: float = Field(0.05, gt=0.0, description="gripper travel per step at |action| = 1 (table is 2 x 2)")
     max_rotation: float = Field(0.15, gt=0.0, description="gripper yaw change per step at |action| = 1, radians")
     grasp_tolerance: float = Field(0.02, gt=0.0, description="max gripper-to-block distance in the plane for a grasp")
-    yaw_tolerance: float = Field(0.1, gt=0.0, description="max gripper-to-block yaw error for a grasp, radians (mod pi)")
+    yaw_tolerance: float = Field(
+        0.1, gt=0.0, description="max gripper-to-block yaw error for a grasp, radians (mod pi)"
+    )
     grasp_height: float = Field(0.04, gt=0.0, description="the gripper must be at or below this height to grasp")
     miss_push: float = Field(0.1, ge=0.0, description="how far a failed grasp pushes the block away")
     miss_turn: float = Field(0.4, ge=0.0, description="how much a failed grasp turns the block, radians")
-    target_radius: float = Field(0.2, gt=0.0, le=MAX_TARGET_RADIUS, description="radius of the target plates (success zone)")
+    target_radius: float = Field(
+        0.2, gt=0.0, le=MAX_TARGET_RADIUS, description="radius of the target plates (success zone)"
+    )
     align_radius: float = Field(0.1, gt=0.0, description="phase 1 (align + grasp) starts this close to the block")
     tasks: list[int] | None = Field(
         None, description="subset of the 6 task variants (task id i runs variant tasks[i]); None for all"
@@ -258,7 +263,8 @@ class TabletopEnv(EnvBackend):
             b, k = self._rows[knocked], nearest[knocked]
             angle = self.grip_yaw[b] + np.pi / 2  # across the jaws, for a block right under the gripper
             fallback = np.stack([np.cos(angle), np.sin(angle)], axis=-1)  # [n, 2]
-            direction = np.where(near_dist[b, None] > 1e-6, offset[b, k] / np.maximum(near_dist[b, None], 1e-6), fallback)
+            dist_bk = near_dist[b, None]  # [n, 1]
+            direction = np.where(dist_bk > 1e-6, offset[b, k] / np.maximum(dist_bk, 1e-6), fallback)  # [n, 2]
             self.obj_xy[b, k] = np.clip(self.obj_xy[b, k] + self.options.miss_push * direction, -1.0, 1.0)
             turn = np.where(yaw_error[b] >= 0, -1.0, 1.0) * self.options.miss_turn  # away from the gripper yaw
             self.obj_yaw[b, k] = wrap_half_turn(self.obj_yaw[b, k] + turn)
@@ -378,7 +384,8 @@ class TabletopEnv(EnvBackend):
         to_plate = np.linalg.norm(plate - xy, axis=-1)
         lifted = z >= HOVER_HEIGHT - 0.01
         release = holding_task & (to_plate <= 0.03)
-        goal_xy = np.where((holding_task & lifted & ~release)[:, None], plate, np.where(holding_task[:, None], xy, goal_xy))
+        goal_xy = np.where(holding_task[:, None], xy, goal_xy)  # rise (or release) in place
+        goal_xy = np.where((holding_task & lifted & ~release)[:, None], plate, goal_xy)
         goal_z = np.where(holding_task, np.where(release, z, HOVER_HEIGHT), goal_z)
         goal_yaw = np.where(holding_task, yaw, goal_yaw)
         grip = np.where(holding_task, np.where(release, -1.0, 1.0), grip)

@@ -84,7 +84,13 @@ def pixel_grid(size: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _rect_mask(
-    gx: np.ndarray, gy: np.ndarray, cx: np.ndarray, cy: np.ndarray, yaw: np.ndarray, half_l: np.ndarray, half_w: np.ndarray
+    gx: np.ndarray,
+    gy: np.ndarray,
+    cx: np.ndarray,
+    cy: np.ndarray,
+    yaw: np.ndarray,
+    half_l: np.ndarray | float,
+    half_w: np.ndarray | float,
 ) -> np.ndarray:
     """``[B, H, W]`` pixels inside rotated rectangles with centres ``cx, cy`` ``[B]``, yaw ``[B]``
     and half extents ``half_l`` (along yaw) and ``half_w`` (across), each ``[B]`` or scalar."""
@@ -99,7 +105,9 @@ def _rect_mask(
     return (np.abs(u) <= half_l) & (np.abs(v) <= half_w)
 
 
-def _disc_mask(gx: np.ndarray, gy: np.ndarray, cx: np.ndarray, cy: np.ndarray, radius: np.ndarray | float) -> np.ndarray:
+def _disc_mask(
+    gx: np.ndarray, gy: np.ndarray, cx: np.ndarray, cy: np.ndarray, radius: np.ndarray | float
+) -> np.ndarray:
     """``[B, H, W]`` pixels inside discs with centres ``cx, cy`` ``[B]`` and ``radius`` (``[B]`` or scalar)."""
     dx = gx - cx.astype(np.float32)[:, None, None]
     dy = gy - cy.astype(np.float32)[:, None, None]

@@ -19,9 +19,7 @@ from pcm_core.types import ActionSpec, PolicyOutput
 from pcm_tinyvla.binning import actions_to_bins, bins_to_actions
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedTokenizerFast
-
-    from pcm_tinyvla.modeling import TinyVLAConfig, TinyVLAForActionPrediction
+    from pcm_tinyvla.modeling import TinyVLAConfig
 
 SIZE_PRESETS: dict[str, dict[str, int]] = {
     "1m": {"hidden_size": 128, "num_layers": 4, "num_heads": 4, "intermediate_size": 384},
@@ -103,14 +101,15 @@ class TinyVLAPolicy(PolicyBackend):
     def __init__(self, options: TinyVLAOptions, action_spec: ActionSpec | None = None) -> None:
         super().__init__(options, action_spec)
         from pcm_tinyvla.modeling import TinyVLAForActionPrediction
+        from pcm_tinyvla.tokenizer import build_tokenizer
 
         self.options: TinyVLAOptions = options
         if options.path is None:
-            config = self._config_from_options(options, action_spec)
+            config = self.build_config(options, action_spec)
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(options.seed)
                 self.model = TinyVLAForActionPrediction(config)
-            self.tokenizer = self._fresh_tokenizer(config)
+            self.tokenizer = build_tokenizer(config.max_instruction_tokens)
         else:
             from transformers import PreTrainedTokenizerFast
 
@@ -122,19 +121,14 @@ class TinyVLAPolicy(PolicyBackend):
         self._instruction_cache: dict[str, tuple[Tensor, Tensor]] = {}
 
     @staticmethod
-    def _config_from_options(options: TinyVLAOptions, action_spec: ActionSpec | None) -> "TinyVLAConfig":
+    def build_config(options: TinyVLAOptions, action_spec: ActionSpec | None = None) -> "TinyVLAConfig":
+        """The architecture a fresh model gets from ``options`` (K, D from ``action_spec`` if given)."""
         from pcm_tinyvla.modeling import TinyVLAConfig
 
         values = {attr: getattr(options, name) for name, attr in ARCHITECTURE_FIELDS.items()}
         if action_spec is not None:
             values.update(chunk_size=action_spec.chunk_size, action_dim=action_spec.action_dim)
         return TinyVLAConfig(**values)
-
-    @staticmethod
-    def _fresh_tokenizer(config: "TinyVLAConfig") -> "PreTrainedTokenizerFast":
-        from pcm_tinyvla.tokenizer import build_tokenizer
-
-        return build_tokenizer(config.max_instruction_tokens)
 
     @staticmethod
     def _check_loaded(config: "TinyVLAConfig", options: TinyVLAOptions, action_spec: ActionSpec | None) -> None:

@@ -161,7 +161,7 @@ def test_action_spec_sets_fresh_model() -> None:
 def test_size_presets(size: str, low: float, high: float) -> None:
     options = TinyVLAOptions(size=size)
     assert options.hidden_size == SIZE_PRESETS[size]["hidden_size"]
-    config = TinyVLAPolicy._config_from_options(options, None)
+    config = TinyVLAPolicy.build_config(options)
     with torch.device("meta"):  # count parameters without allocating them
         count = sum(p.numel() for p in TinyVLAForActionPrediction(config).parameters())
     assert low <= count <= high
