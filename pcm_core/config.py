@@ -53,9 +53,9 @@ class PCMConfig(Section):
 class SFTConfig(Section):
     enabled: bool = Field(True, description="behaviour-clone scripted demonstrations before RL")
     demos: int = Field(256, gt=0, description="demonstration episodes")
-    epochs: int = Field(3, gt=0)
+    epochs: int = Field(6, gt=0)
     lr: float = Field(1e-3, gt=0.0)
-    batch_size: int = Field(128, gt=0)
+    batch_size: int = Field(32, gt=0)
     cache_dir: str = Field("~/.cache/pcm-vla/warm_start", description="warm-start checkpoints are reused from here")
 
 

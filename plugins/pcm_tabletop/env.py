@@ -153,8 +153,9 @@ class TabletopEnv(EnvBackend):
         ``image``: uint8 ``[B, H, W, 3]`` top-down camera, ``H = W = image_size``.
         ``proprio``: float32 ``[B, 5]`` gripper x, y, height (``2 z / 0.5 - 1``), yaw / (pi/2),
             gripper (+1 closed, -1 open); all in ``[-1, 1]``.
-        ``state`` (with ``state_obs``): float32 ``[B, 7]`` named block x, y, height (as above),
-            sin(2 yaw), cos(2 yaw) and named plate x, y.
+        ``state`` (with ``state_obs``): float32 ``[B, 12]`` named block x, y, height (as above),
+            sin(2 yaw), cos(2 yaw), named plate x, y, then relative to the gripper: block x, y
+            offsets, yaw error / (pi/2), plate x, y offsets.
     Info (each ``[B]``): ``gripper`` float32 (1 closed, 0 open), ``phase`` int64 (module docstring),
     ``grasped`` bool (any block held), ``failed_grasps`` int64 (misaligned closes so far).
     """
@@ -333,6 +334,9 @@ class TabletopEnv(EnvBackend):
                     np.sin(2 * block_yaw)[:, None],
                     np.cos(2 * block_yaw)[:, None],
                     self.target_xy[self._rows, self.task_target],
+                    self.obj_xy[self._rows, self.task_obj] - self.grip_xyz[:, :2],
+                    ((block_yaw - self.grip_yaw) / MAX_YAW)[:, None],
+                    self.target_xy[self._rows, self.task_target] - self.grip_xyz[:, :2],
                 ],
                 axis=1,
             ).astype(np.float32)

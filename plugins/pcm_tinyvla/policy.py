@@ -64,7 +64,7 @@ class TinyVLAOptions(Options):
     num_heads: int = Field(4, gt=0, description="attention heads (hidden_size must divide by it)")
     intermediate_size: int = Field(384, gt=0, description="SwiGLU MLP width")
     image_size: int = Field(64, gt=0, description="side of the square image the patch encoder sees")
-    patch_size: int = Field(8, gt=0, description="side of one image patch (image_size must divide by it)")
+    patch_size: int = Field(16, gt=0, description="side of one image patch (image_size must divide by it)")
     state_keys: list[str] = Field(
         default_factory=lambda: ["proprio", "state"],
         description="float observation keys read as one token each; absent keys are skipped",

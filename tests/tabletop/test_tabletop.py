@@ -47,7 +47,7 @@ def test_observation_shapes_and_info_keys():
     obs, instructions = env.reset([0, 1, 5], [1, 2, 3])
     assert obs["image"].shape == (3, 32, 32, 3) and obs["image"].dtype == np.uint8
     assert obs["proprio"].shape == (3, 5) and obs["proprio"].dtype == np.float32
-    assert obs["state"].shape == (3, 7) and obs["state"].dtype == np.float32
+    assert obs["state"].shape == (3, 12) and obs["state"].dtype == np.float32
     np.testing.assert_allclose(obs["proprio"][0], [0.0, 0.0, 0.2, 0.0, -1.0], atol=1e-6)  # start (0, 0, 0.3), open
     assert instructions == [
         "put the red block on the green plate",
