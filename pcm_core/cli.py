@@ -37,6 +37,10 @@ def run(
     policy: Optional[str] = typer.Option(None, "--policy", help="Policy backend, e.g. tinyvla, openvla."),
     overrides: list[str] = typer.Option([], "--set", help="Override a config key: --set pcm.budget=12 (repeatable)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Validate everything, print the resolved config, build nothing."),
+    resume: Optional[str] = typer.Option(
+        None, "--resume", help="Continue a run: 'latest' (newest under train.output_dir), a run folder or a checkpoint. "
+        "Its saved config is used; --set still overrides (e.g. train.steps)."
+    ),
 ) -> None:
     """Train on the embedded default, or on what --config / --env / --policy name."""
     if ctx.invoked_subcommand is not None:
@@ -44,6 +48,13 @@ def run(
     from pcm_core.config import load_config, resolve_components
 
     resolved_config = load_config(config, overrides, env=env, policy=policy)
+    saved = None
+    if resume is not None:
+        from pcm_core import checkpoint
+
+        saved = checkpoint.load(checkpoint.locate(resume, resolved_config.train.output_dir))
+        assert saved.path is not None
+        resolved_config = load_config(saved.path / checkpoint.CONFIG, overrides, env=env, policy=policy)
     components = resolve_components(resolved_config)
     if dry_run:
         text = yaml.safe_dump(resolved_config.model_dump(mode="json"), sort_keys=False).rstrip()
@@ -53,7 +64,7 @@ def run(
         return
     from pcm_core.runner import train
 
-    train(resolved_config, components, console=out)
+    train(resolved_config, components, console=out, resume=saved)
 
 
 def _describe_options(options: type[BaseModel]) -> str:
@@ -95,7 +106,14 @@ def plugins() -> None:
 def main(argv: list[str] | None = None) -> Any:
     """Console-script entry point: one or two plain lines and exit code 2 on any user error."""
     try:
-        return app(args=argv, standalone_mode=False)
+        result = app(args=argv, standalone_mode=False)
+        if result == 130:  # typer turns KeyboardInterrupt (a second Ctrl-C) into this exit code
+            err.print("pcm-run: interrupted", markup=False)
+            sys.exit(130)
+        return result
+    except KeyboardInterrupt:
+        err.print("pcm-run: interrupted", markup=False)
+        sys.exit(130)
     except PcmError as exc:
         for line in str(exc).splitlines()[:2]:
             err.print(f"pcm-run: {line}" if not line.startswith("Fix:") else line, markup=False)

@@ -53,6 +53,9 @@ class PCMConfig(Section):
 class SFTConfig(Section):
     enabled: bool = Field(True, description="behaviour-clone scripted demonstrations before RL")
     demos: int = Field(256, gt=0, description="demonstration episodes")
+    execution_noise: float = Field(
+        0.3, ge=0.0, description="std of noise added to the executed expert actions (labels stay clean), so demos show recoveries"
+    )
     epochs: int = Field(6, gt=0)
     lr: float = Field(1e-3, gt=0.0)
     batch_size: int = Field(32, gt=0)
@@ -80,6 +83,11 @@ class TrainConfig(Section):
     device: Literal["auto", "cpu", "cuda"] = Field("auto")
     dtype: Literal["float32", "bfloat16"] = Field("float32", description="autocast dtype on CUDA")
     output_dir: str = Field("runs", description="checkpoints and local artifacts")
+    checkpoint_every: int = Field(10, ge=0, description="steps between checkpoints (0: only at the end and on a stop)")
+    keep_checkpoints: int = Field(3, gt=0, description="newest checkpoints kept in <run>/checkpoints")
+    max_skipped_updates: int = Field(
+        5, gt=0, description="consecutive updates skipped for a NaN/inf loss or gradient before the run stops"
+    )
     sft: SFTConfig = Field(default_factory=SFTConfig)
 
 

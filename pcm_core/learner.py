@@ -6,6 +6,7 @@ GRPO is the same learner with the ``all`` sampler: one code path, only the selec
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 
 import torch
@@ -63,6 +64,8 @@ class Learner:
         self.generator = torch.Generator().manual_seed(train.seed + 1)
         self.reference = self._frozen_copy(policy) if train.kl_coef > 0 else None
         self.meter = SavedActivationMeter(policy.module)
+        self.skipped_updates = 0  # optimizer steps skipped for a non-finite loss or gradient, in all
+        self.consecutive_skips = 0  # ... since the last applied step
 
     @staticmethod
     def _frozen_copy(policy: PolicyBackend) -> PolicyBackend:
@@ -122,11 +125,17 @@ class Learner:
         self.policy.module.train()
         losses: dict[str, float] = {}
         for _ in range(self.train.update_epochs):
+            self.optimizer.zero_grad(set_to_none=True)  # stale gradients (e.g. left by SFT) never leak in
             with timer.section("forward_backward", device):
                 losses = self.backward(result.batch)
             with timer.section("optimizer", device):
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.module.parameters(), self.train.max_grad_norm)
-                self.optimizer.step()
+                if math.isfinite(losses["loss"]) and bool(torch.isfinite(grad_norm)):
+                    self.optimizer.step()
+                    self.consecutive_skips = 0
+                else:  # NaN/inf guard: these gradients never reach the weights or Adam's moments
+                    self.skipped_updates += 1
+                    self.consecutive_skips += 1
                 self.optimizer.zero_grad(set_to_none=True)
         self.policy.module.eval()
         return self._metrics(batch, result, losses, float(grad_norm), device)
@@ -145,6 +154,7 @@ class Learner:
             "loss": losses.get("loss", 0.0),
             "clip_fraction": losses.get("clip_fraction", 0.0),
             "grad_norm": grad_norm,
+            "faults/skipped_updates": float(self.skipped_updates),
             "saved_activation_bytes": float(self.meter.total_bytes),
             "peak_saved_activation_bytes": float(self.meter.peak_bytes),
         }

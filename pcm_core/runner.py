@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import random
+import signal
+import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,8 +17,10 @@ import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from pcm_core import checkpoint
 from pcm_core.algo.grpo import uniform_groups
 from pcm_core.config import ResolvedComponent, RunConfig
+from pcm_core.errors import PcmError
 from pcm_core.interfaces import EnvBackend, PolicyBackend
 from pcm_core.learner import Learner
 from pcm_core.plots import plot_keep_probabilities, plot_success, write_gif
@@ -38,6 +43,7 @@ class RunResult:
     history: list[dict[str, float]] = field(default_factory=list)
     run_id: str | None = None
     tracking_uri: str | None = None
+    stopped: bool = False
 
 
 def seed_everything(seed: int) -> None:
@@ -129,37 +135,166 @@ def _progress(console: Console) -> Progress:
     )
 
 
-def train(config: RunConfig, components: dict[str, ResolvedComponent], console: Console | None = None) -> RunResult:
-    """Run ``config`` to the end; returns the run folder and the per-step metrics."""
+class StopRequests:
+    """SIGINT/SIGTERM during training: the first asks the loop to stop after the current step (it
+    then writes a checkpoint and exits 0); a second one interrupts at once (exit code 130)."""
+
+    def __init__(self) -> None:
+        self.signal: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "StopRequests":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signal is not None:
+            raise KeyboardInterrupt
+        self.signal = signal.Signals(signum).name
+        sys.stderr.write(f"\n{self.signal}: stopping after this step and writing a checkpoint (again to quit now)\n")
+
+
+class TrainingStopped(PcmError):
+    """The run stopped itself (e.g. too many non-finite updates); a checkpoint was written."""
+
+    exit_code = 1
+
+
+def _new_run_dir(output_dir: Path) -> Path:
+    """A fresh ``<output_dir>/<timestamp>`` folder (``-2``, ``-3``... when runs start in the same second)."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for n in range(1, 1000):
+        run_dir = output_dir / (stamp if n == 1 else f"{stamp}-{n}")
+        try:
+            run_dir.mkdir()
+            return run_dir
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"cannot create a run folder under {output_dir}")
+
+
+def _env_rngs(env: EnvBackend) -> dict[str, np.random.Generator]:
+    """The env's numpy generator, when it keeps one as ``env.rng`` (the tabletop expert's noise)."""
+    rng = getattr(env, "rng", None)
+    return {"env": rng} if isinstance(rng, np.random.Generator) else {}
+
+
+def capture(
+    step: int, config: RunConfig, learner: Learner, env: EnvBackend, rng: np.random.Generator,
+    generator: torch.Generator, history: list[dict[str, float]], run_id: str | None,
+) -> checkpoint.Checkpoint:
+    """Everything needed to continue the run after ``step`` exactly."""
+    optimizer_tensors, optimizer_meta = checkpoint.optimizer_state(learner.optimizer)
+    rng_tensors, rng_meta = checkpoint.rng_state(
+        {"learner": learner.generator, "rollout": generator}, {"groups": rng, **_env_rngs(env)}
+    )
+    pcm_state = learner.keep_probs.state_dict()
+    tensors = {
+        "policy": learner.policy.module.state_dict(),
+        "optimizer": optimizer_tensors,
+        "pcm": {k: v for k, v in pcm_state.items() if isinstance(v, torch.Tensor)},
+        "rng": rng_tensors,
+    }
+    if learner.reference is not None:
+        tensors["reference"] = learner.reference.module.state_dict()
+    state = {
+        "history": history,
+        "run_id": run_id,
+        "optimizer": optimizer_meta,
+        "pcm": {k: v for k, v in pcm_state.items() if not isinstance(v, torch.Tensor)},
+        "rng": rng_meta,
+        "faults": {"skipped_updates": learner.skipped_updates, "consecutive_skips": learner.consecutive_skips},
+    }
+    return checkpoint.Checkpoint(step, tensors, state, config.model_dump(mode="json"))
+
+
+def restore(
+    saved: checkpoint.Checkpoint, learner: Learner, env: EnvBackend, rng: np.random.Generator, generator: torch.Generator
+) -> None:
+    """Put the state of ``saved`` back into freshly built components."""
+    learner.policy.module.load_state_dict(saved.tensors["policy"])
+    if learner.reference is not None and "reference" in saved.tensors:
+        learner.reference.module.load_state_dict(saved.tensors["reference"])
+    checkpoint.load_optimizer_state(learner.optimizer, saved.tensors["optimizer"], saved.state["optimizer"])
+    learner.keep_probs.load_state_dict({**saved.tensors["pcm"], **saved.state["pcm"]})
+    learner.skipped_updates = int(saved.state["faults"]["skipped_updates"])
+    learner.consecutive_skips = int(saved.state["faults"]["consecutive_skips"])
+    checkpoint.load_rng_state(
+        saved.tensors["rng"], saved.state["rng"], {"learner": learner.generator, "rollout": generator},
+        {"groups": rng, **_env_rngs(env)},
+    )
+
+
+def train(
+    config: RunConfig,
+    components: dict[str, ResolvedComponent],
+    console: Console | None = None,
+    resume: checkpoint.Checkpoint | None = None,
+) -> RunResult:
+    """Run ``config`` to the end (or continue the checkpoint ``resume``); returns the run folder
+    and the per-step metrics."""
     console = console or Console()
     seed_everything(config.train.seed)
     device = resolve_device(config.train.device)
-    run_dir = Path(config.train.output_dir) / time.strftime("%Y%m%d-%H%M%S")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if resume is not None:
+        assert resume.path is not None
+        run_dir = resume.path.parent.parent
+        if resume.step >= config.train.steps:
+            raise checkpoint.CheckpointError(
+                f"checkpoint '{resume.path}' is at step {resume.step}, the run has train.steps = {config.train.steps}.\n"
+                f"Fix: add --set train.steps=N with N > {resume.step} to train further"
+            )
+        run_dir.mkdir(parents=True, exist_ok=True)
+    else:
+        run_dir = _new_run_dir(Path(config.train.output_dir))
     parts = build(components, config, device)
     env, policy = parts["env"], parts["policy"]
     hooks = get_registry().hook()
-    tracker = Tracker(config.tracking)
+    tracker = Tracker(config.tracking, local_dir=run_dir / "mlruns", log=console.print)
     result = RunResult(run_dir)
+    rng = np.random.default_rng(config.train.seed)
+    generator = torch.Generator().manual_seed(config.train.seed)
     try:
-        if config.train.sft.enabled and getattr(policy.options, "path", None) is None:
+        if resume is None and config.train.sft.enabled and getattr(policy.options, "path", None) is None:
             warm_start(policy, env, config, log=console.print)
         learner = Learner(policy, parts["segmenter"], parts["proxy"], parts["sampler"], config.pcm, config.train)
-        tracker.start(config.model_dump(mode="json"))
+        first_step = 1
+        if resume is not None:
+            restore(resume, learner, env, rng, generator)
+            result.history = list(resume.state["history"])
+            first_step = resume.step + 1
+            console.print(f"resuming {run_dir} from step {resume.step}")
+        tracker.start(config.model_dump(mode="json"), run_id=resume.state.get("run_id") if resume else None)
         result.run_id, result.tracking_uri = tracker.run_id, tracker.uri
         (run_dir / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
         hooks.pcm_on_run_start(config=config, run_dir=str(run_dir))
 
-        rng = np.random.default_rng(config.train.seed)
-        generator = torch.Generator().manual_seed(config.train.seed)
-        initial = {"step": 0, "eval_success_rate": evaluate(env, policy, config)}
-        tracker.log_metrics({"eval_success_rate": initial["eval_success_rate"]}, step=0)
-        result.history.append(initial)
-        console.print(f"warm start eval success: {initial['eval_success_rate']:.2f}")
+        if resume is None:
+            initial = {"step": 0, "eval_success_rate": evaluate(env, policy, config)}
+            tracker.log_metrics({"eval_success_rate": initial["eval_success_rate"]}, step=0)
+            result.history.append(initial)
+            console.print(f"warm start eval success: {initial['eval_success_rate']:.2f}")
+        evals = [row["eval_success_rate"] for row in result.history if "eval_success_rate" in row]
         last_batch = None
-        with _progress(console) as progress:
-            bar = progress.add_task("train", total=config.train.steps, success=0.0, eval=f"{initial['eval_success_rate']:.2f}", step_s=0.0)
-            for step in range(1, config.train.steps + 1):
+
+        def save(step: int) -> Path:
+            saved = capture(step, config, learner, env, rng, generator, result.history, tracker.run_id)
+            return checkpoint.save(run_dir, saved, keep=config.train.keep_checkpoints)
+
+        step = first_step - 1
+        with StopRequests() as stop, _progress(console) as progress:
+            bar = progress.add_task(
+                "train", total=config.train.steps, completed=step, success=0.0,
+                eval=f"{evals[-1]:.2f}" if evals else "-", step_s=0.0,
+            )
+            for step in range(first_step, config.train.steps + 1):
                 timer = StepTimer()
                 with timer.section("rollout", device):
                     last_batch = collect_step(env, policy, config, rng, generator)
@@ -174,6 +309,25 @@ def train(config: RunConfig, components: dict[str, ResolvedComponent], console: 
                 result.history.append({"step": step, **metrics})
                 shown = f"{metrics['eval_success_rate']:.2f}" if "eval_success_rate" in metrics else progress.tasks[0].fields["eval"]
                 progress.update(bar, advance=1, success=metrics["success_rate"], eval=shown, step_s=metrics["time/step_s"])
+                if learner.consecutive_skips >= config.train.max_skipped_updates:
+                    # the skipped updates never touched the weights: this checkpoint holds the last good ones
+                    path = save(step)
+                    raise TrainingStopped(
+                        f"{learner.consecutive_skips} consecutive updates had a NaN/inf loss or gradient; "
+                        f"stopped at step {step}, last good weights in {path}.\n"
+                        f"Fix: lower train.lr or train.max_grad_norm, then: pcm-run --resume {path}"
+                    )
+                every = config.train.checkpoint_every
+                if stop.signal is not None or (every and step % every == 0) or step == config.train.steps:
+                    path = save(step)
+                if stop.signal is not None and step < config.train.steps:
+                    break
+        if stop.signal is not None and step < config.train.steps:
+            result.stopped = True
+            tracker.end(status="KILLED")
+            console.print(f"stopped by {stop.signal} after step {step}; checkpoint: {path}", soft_wrap=True)
+            console.print(f"resume with: pcm-run --resume {path}", soft_wrap=True, markup=False, highlight=False)
+            return result
         _write_artifacts(result, policy, last_batch, tracker)
         hooks.pcm_on_run_end(summary={"run_dir": str(run_dir), "history": result.history})
         tracker.end()

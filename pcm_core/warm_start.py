@@ -32,9 +32,13 @@ def cache_path(config: RunConfig) -> Path:
 
 
 def collect_demonstrations(
-    env: EnvBackend, chunk_size: int, episodes: int, seed: int
+    env: EnvBackend, chunk_size: int, episodes: int, seed: int, execution_noise: float = 0.0
 ) -> tuple[dict[str, Tensor], list[str], Tensor]:
     """Run the env's scripted expert; keep the chunks of successful episodes up to their success.
+
+    With ``execution_noise`` the env executes the expert's action plus Gaussian noise while the
+    clean expert action is the label, so the demonstrations cover the states a slightly wrong
+    policy reaches and show how to recover from them.
 
     Returns observations at each chunk start (each ``[S, ...]``), their ``S`` instructions and the
     expert's action chunks ``[S, K, D]``.
@@ -62,7 +66,8 @@ def collect_demonstrations(
                         f"env '{type(env).__name__}' has no scripted expert for the SFT warm start.\n"
                         "Fix: set train.sft.enabled=false and pass a pretrained policy.options.path"
                     )
-                result = env.step(action)
+                noise = rng.normal(0.0, execution_noise, action.shape) if execution_noise > 0 else 0.0
+                result = env.step(np.clip(action + noise, -1.0, 1.0).astype(np.float32))
                 success |= result.success
                 chunk.append(action)
                 obs = result.obs
@@ -130,7 +135,9 @@ def warm_start(policy: PolicyBackend, env: EnvBackend, config: RunConfig, log: C
         return folder
     sft = config.train.sft
     log(f"warm start: collecting {sft.demos} scripted demonstrations")
-    obs, instructions, actions = collect_demonstrations(env, policy.action_spec.chunk_size, sft.demos, config.train.seed)
+    obs, instructions, actions = collect_demonstrations(
+        env, policy.action_spec.chunk_size, sft.demos, config.train.seed, sft.execution_noise
+    )
     if len(actions) == 0:
         raise ConfigError("warm start: the scripted expert produced no successful demonstration.\nFix: check the env options")
     log(f"warm start: behaviour cloning on {len(actions)} chunks for {sft.epochs} epochs")

@@ -1,0 +1,7 @@
+"""GRPO vs PCM side by side: ``python -m benchmarks <name> [--quick] [--device cpu|cuda] [--out DIR]``.
+
+Every figure is a ratio measured in one process on one batch, with only the sampler differing,
+configurations interleaved over repeats and reported as min / median / max.
+"""
+
+BENCHMARKS = ("grad_update", "activation_memory", "time_to_success", "ablations")

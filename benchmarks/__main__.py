@@ -1,0 +1,46 @@
+"""``python -m benchmarks <name> [--quick] [--device cpu|cuda] [--out DIR]``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+
+from benchmarks import BENCHMARKS
+
+DEFAULT_OUT = Path(__file__).resolve().parent / "results"
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description="GRPO vs PCM side by side")
+    p.add_argument("name", choices=[*BENCHMARKS, "all"])
+    p.add_argument("--quick", action="store_true", help="small settings, each benchmark under 5 minutes on 2 cores")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for <name>.json/.md/.png")
+    p.add_argument("--sizes", help="comma-separated tinyvla sizes (1m,25m,100m) instead of the defaults")
+    p.add_argument("--repeats", type=int, help="repeats per configuration instead of the defaults")
+    p.add_argument("--max-steps", type=int, help="episode length in env steps (256 = 64 chunks of 4)")
+    p.add_argument("--seeds", type=int, help="time_to_success / ablations: seeds per method")
+    p.add_argument("--steps", type=int, help="time_to_success: RL steps per run")
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1: on a shared 2-core "
+                   "machine, 2 threads under contention ran 12x slower than 1)")
+    p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # tests: smallest possible run
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    names = BENCHMARKS if args.name == "all" else (args.name,)
+    for name in names:
+        module = importlib.import_module(f"benchmarks.{name}")
+        module.run(args.quick, args.device, args.out, args)
+        print(f"wrote {args.out / name}.json/.md/.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""Shared pieces: machine description, building the embedded default, one rollout batch, output files."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from pcm_core.config import RunConfig, load_config, resolve_components
+from pcm_core.learner import Learner
+from pcm_core.rollout import GroupSpec, collect
+from pcm_core.runner import EVAL_INIT_OFFSET, resolve_device, seed_everything
+from pcm_core.types import RolloutBatch
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIGS = REPO / "configs"
+
+
+def machine() -> dict[str, Any]:
+    """CPU model, core count, torch version and threads, and the GPU when there is one."""
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info: dict[str, Any] = {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def stats(values: Sequence[float]) -> dict[str, float]:
+    """min / median / max (and n) of a list of numbers."""
+    values = [float(v) for v in values]
+    if not values:
+        return {"min": float("nan"), "median": float("nan"), "max": float("nan"), "n": 0}
+    return {"min": min(values), "median": statistics.median(values), "max": max(values), "n": len(values)}
+
+
+def config_for(
+    sampler: str = "pcm", budget: int = 12, size: str | None = "1m", base: str | Path | None = None, overrides: Sequence[str] = ()
+) -> RunConfig:
+    """The embedded default (tabletop + tinyvla of ``size``; None: the default policy options) with
+    ``sampler`` and ``budget``."""
+    sized = [f"policy.options.size={size}"] if size is not None else []
+    return load_config(base, [f"pcm.sampler={sampler}", f"pcm.budget={budget}", *sized, "tracking.enabled=false", *overrides])
+
+
+def build_policy(config: RunConfig, device: torch.device):
+    components = resolve_components(config)
+    return components["policy"].build().to(device)
+
+
+def build_env(config: RunConfig, num_envs: int):
+    return resolve_components(config)["env"].build(num_envs=num_envs, seed=config.train.seed)
+
+
+def make_learner(policy, config: RunConfig) -> Learner:
+    """A learner for ``policy`` with the segmenter, proxy and sampler ``config`` names."""
+    c = resolve_components(config)
+    return Learner(policy, c["segmenter"].build(), c["proxy"].build(), c["sampler"].build(), config.pcm, config.train)
+
+
+def collect_batch(
+    policy, env, groups: int, group_size: int, seed: int, ensure_mixed: bool = True
+) -> tuple[RolloutBatch, dict[str, Any]]:
+    """One rollout batch of ``groups x group_size`` trajectories from fixed initial states.
+
+    When no group has mixed outcomes (a random-init policy never succeeds), the outcomes are
+    relabelled to alternate 1, 0, 1, 0 inside each group, so that advantages and phase scores are
+    non-zero; the compute of an update does not depend on the labels. Returns the batch and notes.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    specs = [GroupSpec(g % env.num_tasks, EVAL_INIT_OFFSET // 2 + seed * 100 + g) for g in range(groups)]
+    start = time.perf_counter()
+    batch = collect(env, policy, specs, group_size, generator)
+    notes: dict[str, Any] = {
+        "rollout_s": time.perf_counter() - start,
+        "trajectories": batch.num_trajectories,
+        "chunks_per_trajectory": batch.lengths.tolist(),
+        "true_success": batch.rewards.tolist(),
+        "relabelled": False,
+    }
+    mixed = False
+    for g in batch.group_index.unique():
+        r = batch.rewards[batch.group_index == g]
+        mixed |= bool((r.max() > 0.5) and (r.min() < 0.5))
+    if ensure_mixed and not mixed:
+        batch.rewards = (torch.arange(batch.num_trajectories) % 2 == 0).float()
+        notes["relabelled"] = True
+    notes["rewards"] = batch.rewards.tolist()
+    return batch, notes
+
+
+def write_outputs(out: Path, name: str, payload: dict[str, Any], markdown: str, figure) -> list[Path]:
+    """``<name>.json``, ``<name>.md`` and ``<name>.png`` into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / f"{name}.json", out / f"{name}.md", out / f"{name}.png"]
+    paths[0].write_text(json.dumps(payload, indent=2, default=float) + "\n")
+    paths[1].write_text(markdown.rstrip() + "\n")
+    figure.savefig(paths[2], dpi=110, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(figure)
+    return paths
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A GitHub markdown table."""
+
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
+        return str(v)
+
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def fmt_range(s: dict[str, float], digits: int = 2) -> str:
+    """``median (min-max)``."""
+    return f"{s['median']:.{digits}f} ({s['min']:.{digits}f}-{s['max']:.{digits}f})"
+
+
+__all__ = [
+    "machine", "stats", "config_for", "build_policy", "build_env", "make_learner", "collect_batch",
+    "write_outputs", "table", "fmt_range", "resolve_device", "seed_everything", "CONFIGS",
+]

@@ -1,0 +1,164 @@
+"""``time_to_success``: GRPO (``configs/quickstart_grpo.yaml``) vs PCM (``configs/quickstart.yaml``)
+trained with :func:`pcm_core.runner.train`, several seeds each, runs interleaved (seed by seed).
+
+Wall-clock is the training time of the RL steps (the sum of ``time/step_s``: rollout + select +
+forward/backward + optimizer); the shared warm start (cached SFT) and the evaluations are excluded.
+Time to target = training wall-clock up to the first evaluation whose success reaches ``target``.
+The default target is 0.95 x GRPO's mean final evaluation success (rounded down to the
+evaluation grid), i.e. "the success GRPO reaches".
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from benchmarks.common import CONFIGS, fmt_range, machine, stats, table, write_outputs
+from pcm_core.config import load_config, resolve_components
+from pcm_core.runner import train
+
+METHODS = {"grpo": CONFIGS / "quickstart_grpo.yaml", "pcm": CONFIGS / "quickstart.yaml"}
+SPLIT = ("rollout", "select", "forward_backward", "optimizer")
+
+
+def settings(quick: bool, args: argparse.Namespace | None = None) -> dict[str, Any]:
+    s: dict[str, Any] = {"seeds": 1 if quick else 3, "overrides": [] if not quick else [
+        "train.steps=3", "train.eval_every=3", "train.eval_episodes=8", "train.sft.demos=32", "train.sft.epochs=2",
+        "train.tasks_per_step=2", "train.group_size=4",
+    ], "target": None}
+    if not quick:
+        s["overrides"] = ["train.eval_every=5"]
+    if args is not None:
+        if getattr(args, "seeds", None):
+            s["seeds"] = args.seeds
+        if getattr(args, "steps", None):
+            s["overrides"].append(f"train.steps={args.steps}")
+        if getattr(args, "tiny", False):
+            s["seeds"] = 1
+            s["overrides"] += ["train.steps=1", "train.eval_every=1", "train.eval_episodes=2", "train.tasks_per_step=1",
+                               "train.group_size=2", "train.sft.demos=4", "train.sft.epochs=1", "env.options.max_steps=128",
+                               "pcm.budget=2"]
+    return s
+
+
+def one_run(method: str, seed: int, s: dict[str, Any], workdir: Path, cache_dir: str | None) -> dict[str, Any]:
+    overrides = [*s["overrides"], f"train.seed={seed}", "tracking.enabled=false", f"train.output_dir={workdir / method}"]
+    if cache_dir:
+        overrides.append(f"train.sft.cache_dir={cache_dir}")
+    config = load_config(METHODS[method], overrides)
+    started = time.perf_counter()
+    result = train(config, resolve_components(config), console=Console(quiet=True))
+    wall = time.perf_counter() - started
+    history = result.history
+    clock, curve = 0.0, []  # (training seconds so far, eval success) at every evaluation
+    for row in history:
+        clock += row.get("time/step_s", 0.0)
+        if "eval_success_rate" in row:
+            curve.append((int(row["step"]), clock, float(row["eval_success_rate"])))
+    steps = [row for row in history if row.get("step", 0) > 0]
+    split = {name: statistics.median([row.get(f"time/{name}_s", 0.0) for row in steps]) if steps else 0.0 for name in SPLIT}
+    return {
+        "method": method, "seed": seed, "wall_s_including_warm_start_and_eval": wall, "train_s": clock,
+        "curve": curve, "final_success": curve[-1][2] if curve else float("nan"), "median_step_split_s": split,
+        "kept_chunk_fraction": statistics.median([row.get("kept_chunk_fraction", 1.0) for row in steps]) if steps else None,
+        "config": config.model_dump(mode="json"),
+    }
+
+
+def time_to(curve: list[tuple[int, float, float]], target: float) -> float:
+    for _, clock, success in curve:
+        if success >= target - 1e-9:
+            return clock
+    return math.inf
+
+
+def run(quick: bool, device: str, out: Path, args: argparse.Namespace | None = None, log=print) -> dict[str, Any]:
+    s = settings(quick, args)
+    if device != "auto":
+        s["overrides"].append(f"train.device={device}")
+    started = time.perf_counter()
+    runs: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        # quick (and tiny) runs use a throw-away warm-start cache so they never mix with real ones
+        cache = str(Path(tmp) / "cache") if quick else None
+        for seed in range(s["seeds"]):
+            order = ["grpo", "pcm"] if seed % 2 == 0 else ["pcm", "grpo"]
+            for method in order:
+                r = one_run(method, seed, s, Path(tmp), cache)
+                runs.append(r)
+                log(f"  {method} seed {seed}: final success {r['final_success']:.2f}, train {r['train_s']:.1f}s, "
+                    f"curve {[(st, round(sc, 2)) for st, _, sc in r['curve']]}")
+    by = {m: [r for r in runs if r["method"] == m] for m in METHODS}
+    episodes = by["grpo"][0]["config"]["train"]["eval_episodes"]
+    grpo_final = statistics.mean(r["final_success"] for r in by["grpo"])
+    target = s["target"] if s["target"] is not None else math.floor(0.95 * grpo_final * episodes) / episodes
+    summary: dict[str, Any] = {}
+    for method, rows in by.items():
+        times = [time_to(r["curve"], target) for r in rows]
+        finals = [r["final_success"] for r in rows]
+        summary[method] = {
+            "time_to_target_s": stats([t for t in times if math.isfinite(t)]), "reached": sum(math.isfinite(t) for t in times),
+            "time_to_target_raw_s": times, "final_success": {**stats(finals), "mean": statistics.mean(finals),
+                                                             "std": statistics.pstdev(finals)},
+            "train_s": stats([r["train_s"] for r in rows]),
+            "step_split_s": {name: statistics.median([r["median_step_split_s"][name] for r in rows]) for name in SPLIT},
+        }
+    g, p = summary["grpo"]["time_to_target_s"], summary["pcm"]["time_to_target_s"]
+    speedup = g["median"] / p["median"] if p["n"] and g["n"] and p["median"] > 0 else float("nan")
+    result = {
+        "benchmark": "time_to_success", "machine": machine(), "settings": s, "target_success": target,
+        "speedup_to_target": speedup,
+        "final_success_gap_points": 100.0 * (summary["grpo"]["final_success"]["mean"] - summary["pcm"]["final_success"]["mean"]),
+        "summary": summary, "runs": runs, "duration_s": time.perf_counter() - started,
+        "note": "time = RL-step wall-clock (rollout+select+fwd/bwd+optimizer), warm start and evaluation excluded",
+    }
+    write_outputs(out, "time_to_success", result, markdown(result), figure(result))
+    return result
+
+
+def markdown(result: dict[str, Any]) -> str:
+    m = result["machine"]
+    rows = []
+    for method, e in result["summary"].items():
+        tt = fmt_range(e["time_to_target_s"], 1) if e["time_to_target_s"]["n"] else "not reached"
+        sp = e["step_split_s"]
+        rows.append([method, f"{e['reached']}/{len(e['time_to_target_raw_s'])}", tt,
+                     f"{e['final_success']['mean']:.3f} +- {e['final_success']['std']:.3f}", fmt_range(e["train_s"], 1),
+                     *(f"{sp[name]:.2f}" for name in SPLIT)])
+    return "\n".join([
+        "# time_to_success: GRPO vs PCM on the embedded default",
+        "",
+        f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}. {result['settings']['seeds']} seed(s) per method; "
+        f"overrides {result['settings']['overrides']}. {result['note']}.",
+        "",
+        table(["method", "reached", "time to target s", "final success (mean +- std)", "train s",
+               *(f"{n} s/step" for n in SPLIT)], rows),
+        "",
+        f"target success {result['target_success']:.3f}; **speedup_to_target** {result['speedup_to_target']:.2f}; "
+        f"**final_success_gap_points** (GRPO - PCM) {result['final_success_gap_points']:.1f}.",
+    ])
+
+
+def figure(result: dict[str, Any]):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    colors = {"grpo": "tab:blue", "pcm": "tab:orange"}
+    for r in result["runs"]:
+        ax.plot([c[1] for c in r["curve"]], [c[2] for c in r["curve"]], marker="o", color=colors[r["method"]], alpha=0.7,
+                label=f"{r['method']} seed {r['seed']}")
+    ax.axhline(result["target_success"], color="k", ls="--", label="target")
+    ax.set_xlabel("training wall-clock (s, excl. warm start and eval)")
+    ax.set_ylabel("eval success")
+    ax.legend(fontsize=7)
+    return fig

@@ -1,0 +1,40 @@
+"""Every benchmark runs end to end in its tiny mode and writes JSON + markdown + PNG.
+
+Only the files and the keys are checked: timings are never asserted.
+"""
+
+import json
+
+import pytest
+
+from benchmarks.__main__ import main
+
+EXPECTED_KEYS = {
+    "grad_update": ["machine", "settings", "batch", "sizes", "speedup_at_b12"],
+    "activation_memory": ["machine", "settings", "runs", "reduction_at_b12"],
+    "time_to_success": ["machine", "settings", "runs", "summary", "speedup_to_target", "final_success_gap_points"],
+    "ablations": ["machine", "settings", "variants", "full_gradient_norm2"],
+}
+
+
+@pytest.mark.parametrize("name", list(EXPECTED_KEYS))
+def test_benchmark_tiny_writes_outputs(name, tmp_path):
+    assert main([name, "--quick", "--tiny", "--out", str(tmp_path)]) == 0
+    for suffix in ("json", "md", "png"):
+        path = tmp_path / f"{name}.{suffix}"
+        assert path.is_file() and path.stat().st_size > 0, path
+    result = json.loads((tmp_path / f"{name}.json").read_text())
+    for key in EXPECTED_KEYS[name]:
+        assert key in result, key
+    for key in ("cpu", "cores", "torch"):
+        assert key in result["machine"], key
+    assert (tmp_path / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_grad_update_differs_only_in_kept_chunks(tmp_path):
+    main(["grad_update", "--quick", "--tiny", "--out", str(tmp_path)])
+    result = json.loads((tmp_path / "grad_update.json").read_text())
+    summary = result["sizes"]["1m"]["summary"]
+    chunks = sum(result["batch"]["chunks_per_trajectory"])
+    assert summary["all"]["kept_chunks"] == chunks
+    assert summary["pcm@4"]["kept_chunks"] == 4 * len(result["batch"]["chunks_per_trajectory"])

@@ -1,0 +1,107 @@
+"""Checkpoint files: atomic layout, keep-last-N, verification, and loading never runs code."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import pytest
+import torch
+
+from pcm_core import checkpoint
+from pcm_core.checkpoint import Checkpoint, CheckpointError
+from pcm_core.cli import main
+
+
+def _checkpoint(step: int) -> Checkpoint:
+    tensors = {"policy": {"w": torch.full((3, 2), float(step))}, "rng": {"torch": torch.get_rng_state()}}
+    return Checkpoint(step, tensors, {"history": [{"step": step}], "run_id": None}, {"train": {"steps": 9}})
+
+
+def _write(run_dir, steps=(1, 2, 3), keep=3):
+    return [checkpoint.save(run_dir, _checkpoint(s), keep=keep) for s in steps]
+
+
+def test_round_trip_latest_and_keep_last(tmp_path):
+    paths = _write(tmp_path, steps=(1, 2, 3, 4), keep=2)
+    root = tmp_path / "checkpoints"
+    assert [p.name for p in checkpoint.list_checkpoints(root)] == ["step_000003", "step_000004"]
+    assert (root / "latest").read_text().strip() == "step_000004"
+    assert sorted(p.name for p in root.iterdir()) == ["latest", "step_000003", "step_000004"]
+    loaded = checkpoint.load(checkpoint.locate(str(tmp_path), tmp_path))
+    assert loaded.step == 4 and loaded.path == paths[-1]
+    assert torch.equal(loaded.tensors["policy"]["w"], torch.full((3, 2), 4.0))
+    assert loaded.state["history"] == [{"step": 4}] and loaded.config == {"train": {"steps": 9}}
+
+
+def test_truncated_checkpoint_is_rejected_and_previous_offered(tmp_path):
+    paths = _write(tmp_path)
+    weights = paths[-1] / "policy.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-10])
+    with pytest.raises(CheckpointError) as info:
+        checkpoint.load(paths[-1])
+    lines = str(info.value).splitlines()
+    assert len(lines) == 2
+    assert "policy.safetensors is truncated or modified" in lines[0]
+    assert lines[1] == f"Fix: resume from the previous one: pcm-run --resume {paths[-2]}"
+
+
+def test_missing_manifest_is_rejected(tmp_path):
+    paths = _write(tmp_path, steps=(1,))
+    (paths[0] / "manifest.json").unlink()
+    with pytest.raises(CheckpointError, match="no manifest.json"):
+        checkpoint.load(paths[0])
+
+
+class _Payload:
+    """Unpickling this runs code: it writes the marker file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (exec, (f"open({self.marker!r}, 'w').write('pwned')",))
+
+
+def _rehash(path):
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["files"] = {
+        p.name: {"sha256": checkpoint._sha256(p), "bytes": p.stat().st_size}
+        for p in sorted(path.iterdir())
+        if p.name != "manifest.json"
+    }
+    (path / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("attack", ["swap_weights", "swap_weights_and_manifest", "extra_pickle_file", "torch_save"])
+def test_pickle_payload_is_never_executed(tmp_path, attack, capsys):
+    paths = _write(tmp_path, steps=(1, 2))
+    target = paths[-1]
+    marker = tmp_path / "marker"
+    payload = pickle.dumps(_Payload(marker))
+    if attack.startswith("swap_weights"):
+        (target / "policy.safetensors").write_bytes(payload)
+    elif attack == "extra_pickle_file":
+        (target / "optimizer.pt").write_bytes(payload)
+    else:  # a torch.save zip whose data.pkl carries the payload
+        torch.save(_Payload(marker), target / "policy.safetensors")
+    if attack != "swap_weights":
+        _rehash(target)  # the attacker also fixes the manifest: the file types must still stop it
+    with pytest.raises(CheckpointError) as info:
+        checkpoint.load(target)
+    assert len(str(info.value).splitlines()) == 2
+    assert str(paths[0]) in str(info.value)  # the previous, intact checkpoint is offered
+    with pytest.raises(SystemExit) as exit_info:  # the same through pcm-run
+        main(["--resume", str(target), "--dry-run"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "rejected" in err[0]
+    assert not marker.exists()
+
+
+def test_locate_latest_finds_the_newest_run(tmp_path):
+    _write(tmp_path / "runA", steps=(1,))
+    _write(tmp_path / "runB", steps=(5,))
+    assert checkpoint.locate("latest", tmp_path).name == "step_000005"
+    with pytest.raises(CheckpointError, match="no checkpoint found"):
+        checkpoint.locate("latest", tmp_path / "nothing")
