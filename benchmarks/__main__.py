@@ -19,6 +19,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for <name>.json/.md/.png")
     p.add_argument("--sizes", help="comma-separated tinyvla sizes (1m,25m,100m) instead of the defaults")
+    p.add_argument("--budgets", help="grad_update: comma-separated budgets B for every size instead of the defaults")
     p.add_argument("--repeats", type=int, help="repeats per configuration instead of the defaults")
     p.add_argument("--max-steps", type=int, help="episode length in env steps (256 = 64 chunks of 4)")
     p.add_argument("--seeds", type=int, help="time_to_success / ablations: seeds per method")

@@ -48,6 +48,9 @@ def settings(quick: bool, args: argparse.Namespace | None = None) -> dict[str, A
             s["repeats"] = {size: args.repeats for size in s["sizes"]}
         if getattr(args, "max_steps", None):
             s["max_steps"] = args.max_steps
+        if getattr(args, "budgets", None):
+            s["budgets"] = [int(b) for b in args.budgets.split(",")]
+            s["budgets_by_size"] = {}
         if getattr(args, "tiny", False):
             s.update(sizes=["1m"], repeats={"1m": 1}, max_steps=64)
     return s

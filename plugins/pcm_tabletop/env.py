@@ -74,7 +74,7 @@ START_CLEARANCE = 0.3
 BLOCK_LENGTH, BLOCK_WIDTH = 0.24, 0.08
 
 PROPRIO_DIM = 5
-STATE_DIM = 7
+STATE_DIM = 12
 
 
 def instruction(variant: int) -> str:

@@ -18,7 +18,7 @@ class TabletopGymEnv(gymnasium.Env):
     :class:`TabletopOptions`. ``reset(seed=..., options={"task_id": i, "init_state": s})`` picks
     the task variant and layout (each drawn from the seeded generator when left out).
     Observations are the vector env's for one env: ``image`` uint8 ``[H, W, 3]``, ``proprio``
-    float32 ``[5]`` and, with ``state_obs``, ``state`` float32 ``[7]``. ``reward`` is
+    float32 ``[5]`` and, with ``state_obs``, ``state`` float32 ``[12]``. ``reward`` is
     ``float(success)`` every step (success stays True once reached), ``terminated`` is always
     False and ``truncated`` is True at the fixed horizon ``max_steps``.
     """
@@ -36,7 +36,7 @@ class TabletopGymEnv(gymnasium.Env):
             "proprio": spaces.Box(-1.0, 1.0, (PROPRIO_DIM,), np.float32),
         }
         if self.env.options.state_obs:
-            observation["state"] = spaces.Box(-1.0, 1.0, (STATE_DIM,), np.float32)
+            observation["state"] = spaces.Box(-2.0, 2.0, (STATE_DIM,), np.float32)  # offsets span [-2, 2]
         self.observation_space = spaces.Dict(observation)
         self.action_space = spaces.Box(-1.0, 1.0, (7,), np.float32)
 
