@@ -81,6 +81,9 @@ class TrainConfig(Section):
     eval_episodes: int = Field(32, gt=0)
     eval_greedy: bool = Field(False, description="evaluate the mode of the policy instead of sampling")
     device: Literal["auto", "cpu", "cuda"] = Field("auto")
+    threads: int | None = Field(
+        None, gt=0, description="torch CPU threads (None: torch's default); 1 is faster on a busy machine"
+    )
     dtype: Literal["float32", "bfloat16"] = Field("float32", description="autocast dtype on CUDA")
     output_dir: str = Field("runs", description="checkpoints and local artifacts")
     checkpoint_every: int = Field(10, ge=0, description="steps between checkpoints (0: only at the end and on a stop)")

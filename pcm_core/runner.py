@@ -242,6 +242,8 @@ def train(
     and the per-step metrics."""
     console = console or Console()
     seed_everything(config.train.seed)
+    if config.train.threads is not None:
+        torch.set_num_threads(config.train.threads)
     device = resolve_device(config.train.device)
     if resume is not None:
         assert resume.path is not None
