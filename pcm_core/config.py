@@ -52,11 +52,16 @@ class PCMConfig(Section):
 
 class SFTConfig(Section):
     enabled: bool = Field(True, description="behaviour-clone scripted demonstrations before RL")
-    demos: int = Field(256, gt=0, description="demonstration episodes")
+    demos: int = Field(384, gt=0, description="demonstration episodes")
     execution_noise: float = Field(
-        0.3, ge=0.0, description="std of noise added to the executed expert actions (labels stay clean), so demos show recoveries"
+        0.0, ge=0.0, description="std of noise added to the executed expert actions (labels stay clean), so demos show recoveries"
     )
-    epochs: int = Field(6, gt=0)
+    gripper_flip_prob: float = Field(
+        0.05, ge=0.0, le=1.0,
+        description="probability that an executed expert action has its gripper command inverted (labels stay clean), "
+        "so demos show recovery from a wrong open or close",
+    )
+    epochs: int = Field(10, gt=0)
     lr: float = Field(1e-3, gt=0.0)
     batch_size: int = Field(32, gt=0)
     cache_dir: str = Field("~/.cache/pcm-vla/warm_start", description="warm-start checkpoints are reused from here")

@@ -32,13 +32,20 @@ def cache_path(config: RunConfig) -> Path:
 
 
 def collect_demonstrations(
-    env: EnvBackend, chunk_size: int, episodes: int, seed: int, execution_noise: float = 0.0
+    env: EnvBackend,
+    chunk_size: int,
+    episodes: int,
+    seed: int,
+    execution_noise: float = 0.0,
+    gripper_flip_prob: float = 0.0,
 ) -> tuple[dict[str, Tensor], list[str], Tensor]:
     """Run the env's scripted expert; keep the chunks of successful episodes up to their success.
 
     With ``execution_noise`` the env executes the expert's action plus Gaussian noise while the
     clean expert action is the label, so the demonstrations cover the states a slightly wrong
-    policy reaches and show how to recover from them.
+    policy reaches and show how to recover from them. ``gripper_flip_prob`` does the same for the
+    gripper command (the last action dimension): a policy that opens or closes at the wrong
+    moment reaches states that clean demonstrations never show.
 
     Returns observations at each chunk start (each ``[S, ...]``), their ``S`` instructions and the
     expert's action chunks ``[S, K, D]``.
@@ -66,8 +73,10 @@ def collect_demonstrations(
                         f"env '{type(env).__name__}' has no scripted expert for the SFT warm start.\n"
                         "Fix: set train.sft.enabled=false and pass a pretrained policy.options.path"
                     )
-                noise = rng.normal(0.0, execution_noise, action.shape) if execution_noise > 0 else 0.0
-                result = env.step(np.clip(action + noise, -1.0, 1.0).astype(np.float32))
+                executed = action + (rng.normal(0.0, execution_noise, action.shape) if execution_noise > 0 else 0.0)
+                flipped = rng.random(len(action)) < gripper_flip_prob  # [B]
+                executed[flipped, -1] = -executed[flipped, -1]
+                result = env.step(np.clip(executed, -1.0, 1.0).astype(np.float32))
                 success |= result.success
                 chunk.append(action)
                 obs = result.obs
@@ -136,7 +145,7 @@ def warm_start(policy: PolicyBackend, env: EnvBackend, config: RunConfig, log: C
     sft = config.train.sft
     log(f"warm start: collecting {sft.demos} scripted demonstrations")
     obs, instructions, actions = collect_demonstrations(
-        env, policy.action_spec.chunk_size, sft.demos, config.train.seed, sft.execution_noise
+        env, policy.action_spec.chunk_size, sft.demos, config.train.seed, sft.execution_noise, sft.gripper_flip_prob
     )
     if len(actions) == 0:
         raise ConfigError("warm start: the scripted expert produced no successful demonstration.\nFix: check the env options")
