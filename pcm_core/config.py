@@ -72,7 +72,7 @@ class TrainConfig(Section):
     seed: int = Field(0, ge=0)
     tasks_per_step: int = Field(4, gt=0, description="M: groups (task + initial state) per step")
     group_size: int = Field(8, ge=2, description="G: trajectories per group")
-    lr: float = Field(3e-4, gt=0.0)
+    lr: float = Field(1e-4, gt=0.0)
     weight_decay: float = Field(0.0, ge=0.0)
     clip_low: float = Field(0.2, gt=0.0, lt=1.0, description="eps_low of the PPO clip")
     clip_high: float = Field(0.28, gt=0.0, description="eps_high (clip-higher, >= clip_low)")
