@@ -25,6 +25,7 @@ from benchmarks.common import (
     build_env, build_policy, collect_batch, config_for, machine, make_learner, resolve_device, seed_everything,
     table, write_outputs,
 )
+from pcm_core.plots import pyplot
 
 VARIANTS: dict[str, list[str]] = {
     "pcm (default)": [],
@@ -164,10 +165,7 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def figure(result: dict[str, Any]):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     names = list(result["variants"])
     var = [result["variants"][n]["variance_rel"] for n in names]

@@ -19,6 +19,7 @@ from benchmarks.common import (
     build_env, build_policy, collect_batch, config_for, machine, make_learner, resolve_device, seed_everything,
     table, write_outputs,
 )
+from pcm_core.plots import pyplot
 from pcm_core.profiling import StepTimer
 
 
@@ -95,10 +96,7 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def figure(result: dict[str, Any]):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for run in result["runs"]:

@@ -23,6 +23,7 @@ from benchmarks.common import (
     build_env, build_policy, collect_batch, config_for, fmt_range, machine, make_learner, resolve_device,
     seed_everything, stats, table, write_outputs,
 )
+from pcm_core.plots import pyplot
 from pcm_core.profiling import StepTimer
 
 SECTIONS = ("select", "forward_backward", "optimizer")
@@ -156,10 +157,7 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def figure(result: dict[str, Any]):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4))
     for size, r in result["sizes"].items():

@@ -22,6 +22,7 @@ from rich.console import Console
 
 from benchmarks.common import CONFIGS, fmt_range, machine, stats, table, write_outputs
 from pcm_core.config import load_config, resolve_components
+from pcm_core.plots import pyplot
 from pcm_core.runner import train
 
 METHODS = {"grpo": CONFIGS / "quickstart_grpo.yaml", "pcm": CONFIGS / "quickstart.yaml"}
@@ -147,10 +148,7 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def figure(result: dict[str, Any]):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6.5, 4))
     colors = {"grpo": "tab:blue", "pcm": "tab:orange"}

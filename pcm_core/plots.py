@@ -8,7 +8,8 @@ import numpy as np
 from torch import Tensor
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot on the non-interactive Agg backend (imported on first use)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -19,7 +20,7 @@ def _pyplot():
 
 def plot_keep_probabilities(history: list[dict[str, float]], path: Path) -> Path:
     """One line per phase: q_k over training steps (where PCM learned outcomes diverge)."""
-    plt = _pyplot()
+    plt = pyplot()
     phases = sorted({key for row in history for key in row if key.startswith("keep_prob/phase_")}, key=lambda k: int(k.rsplit("_", 1)[1]))
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for key in phases:
@@ -38,7 +39,7 @@ def plot_keep_probabilities(history: list[dict[str, float]], path: Path) -> Path
 
 def plot_success(history: list[dict[str, float]], path: Path) -> Path:
     """Training-rollout and evaluation success rate over steps."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.5))
     train = [(row["step"], row["success_rate"]) for row in history if "success_rate" in row]
     evals = [(row["step"], row["eval_success_rate"]) for row in history if "eval_success_rate" in row]
