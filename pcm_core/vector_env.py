@@ -19,6 +19,7 @@ the run with an :class:`EnvWorkerError` naming it and the last error.
 from __future__ import annotations
 
 import importlib
+import logging
 import multiprocessing
 import os
 import signal
@@ -40,6 +41,8 @@ MAX_FAILURES = 3
 """Deaths of one worker, without a completed step in between, that stop the run."""
 
 CLOSE_TIMEOUT_S = 10.0
+
+logger = logging.getLogger(__name__)
 
 
 class EnvWorkerError(PcmError):
@@ -276,15 +279,20 @@ class SubprocessEnv(EnvBackend):
         cls = self.component.cls
         parent_end, child_end = self._context.Pipe()
         parent = {"sys_path": list(sys.path), "environ": dict(os.environ), "cwd": os.getcwd()}
-        worker.process = self._context.Process(
+        process = self._context.Process(
             target=_serve,
             args=(child_end, cls.__module__, cls.__qualname__, self.component.options.model_dump(), worker.size,
                   worker.seed, parent),
             name=f"pcm-env-worker-{worker.index}",
         )
-        worker.process.start()
-        child_end.close()
-        worker.conn = parent_end
+        try:
+            process.start()
+        except BaseException:
+            parent_end.close()
+            raise
+        finally:
+            child_end.close()
+        worker.process, worker.conn = process, parent_end
 
     def _label(self, worker: _Worker) -> str:
         return f"env worker {worker.index} (env '{self.component.name}', envs {worker.envs.start}..{worker.envs.stop - 1})"
@@ -327,9 +335,10 @@ class SubprocessEnv(EnvBackend):
             if worker.failures >= self.max_failures:
                 raise EnvWorkerError(
                     f"{self._label(worker)} died {worker.failures} times in a row; last it {reason}.\n"
-                    "Fix: see why the simulator crashes, e.g. run with env.workers=0 to get its traceback"
+                    "Fix: read the worker's output above, or run with env.workers=0 to get the env's own traceback"
                 )
             self.restarts += 1
+            logger.warning("%s %s; restarting it, its envs' episodes are lost", self._label(worker), reason)
             try:
                 self._launch(worker)
                 answer = self._answer(worker, "building its env")

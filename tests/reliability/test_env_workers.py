@@ -109,7 +109,7 @@ def test_drop_lost_keeps_groups_with_two_survivors():
     assert drop_lost(batch, lost, min_members=1).dropped == 3
 
 
-def test_worker_killed_by_pid_mid_rollout(workers):
+def test_worker_killed_by_pid_mid_rollout(workers, caplog):
     """Acceptance (issue 7): kill -9 one env worker during the third chunk of a rollout."""
     groups = [GroupSpec(0, 5), GroupSpec(3, 6)]  # 2 groups of 3 trajectories
     reference = TabletopEnv(TabletopOptions(**OPTIONS), num_envs=6)
@@ -122,6 +122,10 @@ def test_worker_killed_by_pid_mid_rollout(workers):
     batch = collect(env, policy, groups, 3)
 
     assert env.restarts == 1
+    assert [r.getMessage() for r in caplog.records] == [
+        "env worker 1 (env 'tabletop', envs 2..3) was killed by SIGKILL while running step; "
+        "restarting it, its envs' episodes are lost"
+    ]
     assert batch.dropped == 2 and batch.group_index.tolist() == [0, 0, 1, 1]
     survivors = expected[0].select_trajectories(torch.tensor([0, 1, 4, 5]))
     assert batch.instructions == survivors.instructions
