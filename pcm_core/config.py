@@ -74,7 +74,7 @@ class SFTConfig(Section):
 class TrainConfig(Section):
     steps: int = Field(30, gt=0, description="RL steps")
     seed: int = Field(0, ge=0)
-    tasks_per_step: int = Field(4, gt=0, description="M: groups (task + initial state) per step")
+    tasks_per_step: int = Field(8, gt=0, description="M: groups (task + initial state) per step")
     group_size: int = Field(8, ge=2, description="G: trajectories per group")
     lr: float = Field(1e-4, gt=0.0)
     weight_decay: float = Field(0.0, ge=0.0)
@@ -87,7 +87,7 @@ class TrainConfig(Section):
     max_grad_norm: float = Field(1.0, gt=0.0)
     dynamic_sampling: bool = Field(False, description="refill groups whose outcomes are all equal")
     eval_every: int = Field(10, ge=0, description="steps between evaluations (0: only at the end)")
-    eval_episodes: int = Field(32, gt=0)
+    eval_episodes: int = Field(64, gt=0)
     eval_greedy: bool = Field(False, description="evaluate the mode of the policy instead of sampling")
     device: Literal["auto", "cpu", "cuda"] = Field("auto")
     threads: int | None = Field(
