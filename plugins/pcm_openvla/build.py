@@ -85,6 +85,10 @@ def load(options: Any) -> Loaded:
     model.load_state_dict(state, assign=True, strict=True)
     _rebuild_rotary(model)
     model.to(options.init_device)
+    from transformers.utils import logging
+
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity_error()  # AutoTokenizer reads config.json and warns that "openvla" is unknown to it
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
     except (OSError, ValueError) as exc:
@@ -92,6 +96,8 @@ def load(options: Any) -> Loaded:
             f"'{folder}' has no usable tokenizer files ({type(exc).__name__}).\n"
             "Fix: copy tokenizer.json / tokenizer.model and tokenizer_config.json of the checkpoint into the folder"
         ) from None
+    finally:
+        logging.set_verbosity(verbosity)
     loaded = Loaded(config, model, tokenizer, folder)
     for name in ("proprio_projector", "action_head"):
         file = checkpoint.component_file(folder, name)

@@ -65,7 +65,7 @@ class OpenVLAOptions(Options):
     )
     temperature: float = Field(1.0, gt=0.0, description="softmax temperature of the action-token distribution")
     seed: int = Field(0, ge=0, description="seed of a random initialisation")
-    max_shard_size_mb: int = Field(5000, gt=0, description="safetensors shard size on save")
+    max_shard_size_mb: float = Field(5000.0, gt=0.0, description="safetensors shard size on save")
 
 
 class OpenVLAOFTOptions(OpenVLAOptions):
@@ -111,7 +111,11 @@ class OpenVLAPolicy(PolicyBackend):
         self.component_steps = loaded.component_steps
         vla = loaded.model
         if options.gradient_checkpointing:
-            vla.language_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            language_model = vla.language_model
+            if hasattr(language_model, "activation_checkpointing_enable"):  # transformers >= 5
+                language_model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                language_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             for featurizer in vla.vision_backbone.featurizers:
                 featurizer.gradient_checkpointing = True
         if options.lora is not None:
@@ -287,7 +291,7 @@ class OpenVLAPolicy(PolicyBackend):
             state = merged_state_dict(self.vla)
         else:
             state = self.vla.state_dict()
-        checkpoint.save_weights(state, folder, self.options.max_shard_size_mb * 2**20)
+        checkpoint.save_weights(state, folder, int(self.options.max_shard_size_mb * 2**20))
         config = copy.deepcopy(self.config.raw)
         config["torch_dtype"] = self.options.weights_dtype
         checkpoint.write_config(config, folder)
@@ -333,15 +337,15 @@ class OpenVLAOFTPolicy(OpenVLAPolicy):
         if key not in obs:
             raise ValueError(f"openvla-oft reads proprio from observation '{key}', which the env does not give; "
                              f"set policy.options.proprio_key to one of {sorted(obs)} or to null")
-        proprio = obs[key].float()
-        if self.stats is not None and "proprio" in self.stats_all:
-            from pcm_openvla.action_tokens import normalize
-
-            proprio = normalize(proprio, self.stats_all["proprio"])
-        width = projector.proprio_dim
+        proprio, width = obs[key].float(), projector.proprio_dim
         if proprio.shape[-1] > width:
             raise ValueError(f"observation '{key}' has {proprio.shape[-1]} numbers, the proprio projector takes {width}")
-        proprio = torch.nn.functional.pad(proprio, (0, width - proprio.shape[-1]))
+        proprio = torch.nn.functional.pad(proprio, (0, width - proprio.shape[-1]))  # narrower vectors: zeros
+        stats = self.stats_all.get("proprio")
+        if stats is not None and len(stats["q01"]) == width:
+            from pcm_openvla.action_tokens import normalize
+
+            proprio = normalize(proprio, stats)
         return projector(proprio.to(self.device, visual.dtype)).unsqueeze(1)
 
     @property
