@@ -185,7 +185,13 @@ def test_dry_run_console_script_exit_zero():
 @pytest.mark.skipif(not QUICKSTART.is_file(), reason="configs/quickstart.yaml not written yet")
 @pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")))
 def test_shipped_configs_validate(name, capsys):
-    main(["--dry-run", "--config", str(ROOT / "configs" / name)])
+    try:
+        main(["--dry-run", "--config", str(ROOT / "configs" / name)])
+    except SystemExit:
+        err = capsys.readouterr().err
+        if 'pip install "pcm-vla[' in err:  # a backend config where its extra is not installed
+            pytest.skip(err.strip().splitlines()[0])
+        raise
     assert "config valid" in capsys.readouterr().out
 
 

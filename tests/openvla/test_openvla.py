@@ -332,6 +332,15 @@ def test_cli_prints_the_error_without_a_traceback(tmp_path):
     assert len(lines) == 2 and "no checkpoint folder at" in lines[0] and lines[1].startswith("Fix: ")
 
 
+@pytest.mark.parametrize("name", ["libero_openvla.yaml", "libero_openvla_oft.yaml"])
+def test_shipped_openvla_configs_validate(name, capsys):
+    from pcm_core.cli import main
+
+    config = Path(__file__).resolve().parents[2] / "configs" / name
+    main(["--dry-run", "--config", str(config), "--set", "env.name=tabletop"])  # policy options are checked
+    assert "config valid" in capsys.readouterr().out
+
+
 # --- end to end ------------------------------------------------------------------------------------
 
 
