@@ -163,14 +163,14 @@ def write_config(config: dict, folder: Path) -> None:
 
 
 def copy_extras(source: Path | None, folder: Path) -> None:
-    """Carry files the project does not regenerate (processor config, the published model code,
-    README) from the loaded checkpoint, so the saved folder works with the published loaders too."""
+    """Carry the files of the loaded checkpoint that the save did not write (processor config, the
+    published model code, tokenizer extras, README), so the saved folder works with the published
+    loaders too. Weights and component files are never copied: the saved ones replace them."""
     if source is None or source.resolve() == folder.resolve():
         return
-    regenerated = re.compile(r"^(config\.json|dataset_statistics\.json|model.*\.safetensors(\.index\.json)?|"
-                             r"tokenizer.*|special_tokens_map\.json|added_tokens\.json|.*_checkpoint\.pt)$")
+    weights = re.compile(r"^(model.*\.safetensors(\.index\.json)?|.*_checkpoint\.pt)$")
     for file in source.iterdir():
-        if file.is_file() and not regenerated.match(file.name):
+        if file.is_file() and not weights.match(file.name) and not (folder / file.name).exists():
             shutil.copy2(file, folder / file.name)
 
 

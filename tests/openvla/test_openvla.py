@@ -81,9 +81,13 @@ def test_l1_head_names_follow_openvla_oft():
 
 
 def test_load_save_load_gives_identical_logits(tiny_folder, obs, tmp_path):
-    first = oft(tiny_folder)
+    source = tmp_path / "source"
+    shutil.copytree(tiny_folder, source)
+    (source / "preprocessor_config.json").write_text('{"image_resize_strategy": "resize-naive"}')
+    first = oft(str(source))
     logits, _ = first.parallel_pass(obs, INSTRUCTIONS)
     first.save(str(tmp_path / "again"))
+    assert (tmp_path / "again" / "preprocessor_config.json").read_text() == '{"image_resize_strategy": "resize-naive"}'
     second = oft(str(tmp_path / "again"))
     again, _ = second.parallel_pass(obs, INSTRUCTIONS)
     assert torch.equal(logits, again)
