@@ -364,3 +364,13 @@ def test_pcm_run_trains_openvla_oft_on_tabletop(tiny_folder, tmp_path):
     reloaded = oft(str(saved))  # the exported policy loads back through the same path
     assert reloaded.tokens_per_chunk == 14
     assert math.isfinite(float(next(reloaded.module.parameters()).detach().sum()))
+
+
+@pytest.mark.slow
+def test_7b_benchmark_script_runs_on_a_tiny_model(tmp_path):
+    from benchmarks.openvla_7b import main
+
+    assert main(["--device", "cpu", "--architecture", "tiny", "--groups", "1", "--chunks", "4", "--budget", "1",
+                 "--image-size", "28", "--repeats", "1", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "openvla_7b.json").read_text())
+    assert [s[0]["kept_chunks"] for s in (result["samples"]["grpo"], result["samples"]["pcm"])] == [8, 2]
