@@ -14,12 +14,19 @@ OpenVLA-OFT keeps the same tree and stores its extra modules in separate files: 
 
 from __future__ import annotations
 
+import inspect
+from typing import Callable
+
 import torch
 from torch import Tensor, nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from pcm_openvla.configuration import PrismaticConfig
 from pcm_openvla.vit import TimmViT
+
+
+CACHE_ARGUMENT = "cache" if "cache" in inspect.signature(LlamaForCausalLM.forward).parameters else "past_key_values"
+"""Name of the KV-cache argument (and output field) of ``LlamaForCausalLM.forward``."""
 
 
 class PrismaticVisionBackbone(nn.Module):
@@ -114,6 +121,30 @@ class PrismaticVLA(nn.Module):
         out = self.language_model(inputs_embeds=embeds, attention_mask=allowed, position_ids=positions,
                                   logits_to_keep=keep_last, use_cache=False, output_hidden_states=True)
         return out.logits, out.hidden_states[-1][:, -keep_last:]
+
+
+    def generate(self, embeds: Tensor, mask: Tensor, steps: int, pick: Callable[[Tensor], Tensor]) -> Tensor:
+        """Causal decoding of ``steps`` tokens after ``embeds`` ``[B, N, h]`` with a KV cache.
+
+        ``pick`` maps the logits ``[B, V]`` of the next position to token ids ``[B]``; returns the
+        ids ``[B, steps]``. Scores exactly like :meth:`run` on the teacher-forced sequence.
+        """
+        length = mask.shape[1]
+        positions = (mask.long().cumsum(dim=1) - 1).clamp(min=0)  # [B, N]
+        causal = torch.ones(length, length, dtype=torch.bool, device=mask.device).tril()
+        out = self.language_model(inputs_embeds=embeds, attention_mask=mask[:, None, None, :] & causal,
+                                  position_ids=positions, use_cache=True, logits_to_keep=1)
+        position, ids = positions[:, -1:], []
+        for step in range(steps):
+            ids.append(pick(out.logits[:, -1]))
+            if step == steps - 1:
+                break
+            mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+            position = position + 1
+            cache = {CACHE_ARGUMENT: getattr(out, CACHE_ARGUMENT)}  # transformers >= 5.24 calls it `cache`
+            out = self.language_model(inputs_embeds=self.embed_ids(ids[-1][:, None]), attention_mask=mask[:, None, None, :],
+                                      position_ids=position, use_cache=True, **cache)
+        return torch.stack(ids, dim=1)
 
 
 class ProprioProjector(nn.Module):

@@ -231,20 +231,18 @@ class OpenVLAPolicy(PolicyBackend):
         generator: torch.Generator | None = None,
         greedy: bool = False,
     ) -> PolicyOutput:
-        """Generate the 7 tokens of one action token by token (causal, as ``predict_action``)."""
+        """Generate the 7 tokens of one action token by token (causal, KV cache, as ``predict_action``)."""
         embeds, mask = self.prefix(obs, instructions)
-        batch = embeds.shape[0]
         slots, log_ps = [], []
-        for _ in range(ACTION_DIM):
-            logits, _ = self.vla.run(embeds, mask, False, 1)
-            log_p = self.action_log_probs(logits)  # [B, 1, n_bins]
-            slot = self._sample(log_p, generator, greedy)  # [B, 1]
-            slots.append(slot)
+
+        def pick(logits: Tensor) -> Tensor:
+            log_p = self.action_log_probs(logits[:, None])  # [B, 1, n_bins]
+            slots.append(self._sample(log_p, generator, greedy))  # [B, 1]
             log_ps.append(log_p)
-            token = slot + self.tokens.first_id
-            embeds = torch.cat([embeds, self.vla.embed_ids(token)], dim=1)
-            mask = torch.cat([mask, torch.ones_like(token, dtype=torch.bool)], dim=1)
-        return self._output(torch.cat(log_ps, 1), torch.cat(slots, 1), batch)
+            return slots[-1][:, 0] + self.tokens.first_id
+
+        self.vla.generate(embeds, mask, ACTION_DIM, pick)
+        return self._output(torch.cat(log_ps, 1), torch.cat(slots, 1), embeds.shape[0])
 
     def _output(self, log_p: Tensor, slots: Tensor, batch: int, actions: Tensor | None = None) -> PolicyOutput:
         tokens = slots + self.tokens.first_id  # [B, L] vocabulary ids
