@@ -71,13 +71,12 @@ def load(options: Any) -> Loaded:
     raw = checkpoint.read_config(folder)
     try:
         config = PrismaticConfig(raw)
-        specs = config.vision_specs
+        config.vision_specs  # noqa: B018 -- raises for timm ids this project does not know
     except (KeyError, ValueError) as exc:
         raise CheckpointFolderError(
             f"'{folder}/config.json' is not an OpenVLA config ({exc}).\n"
             "Fix: use the config.json published with the checkpoint (vision_backbone_id, timm_model_ids, text_config, ...)"
         ) from None
-    del specs
     state = checkpoint.load_weights(folder)
     with torch.device("meta"):
         model = PrismaticVLA(config)

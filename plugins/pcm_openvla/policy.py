@@ -33,6 +33,12 @@ from pcm_core.types import ActionSpec, PolicyOutput
 ACTION_DIM = 7
 
 
+def libero_gripper(gripper: Tensor) -> Tensor:
+    """OpenVLA's gripper output (1 open, 0 closed) as LIBERO's command (-1 open, +1 close), the
+    published evaluation's ``normalize_gripper_action(binarize=True)`` then ``invert_gripper_action``."""
+    return -torch.sign(2.0 * gripper - 1.0)
+
+
 class LoraOptions(BaseModel):
     """LoRA adapters (peft); the exported checkpoint has them merged into the base weights."""
 
@@ -55,6 +61,9 @@ class OpenVLAOptions(Options):
     unnorm_key: str | None = Field(None, description="dataset whose norm_stats un-normalise actions")
     unnormalize_actions: bool = Field(
         False, description="act() returns actions in dataset units (norm_stats q01/q99) instead of [-1, 1]"
+    )
+    gripper: Literal["raw", "libero"] = Field(
+        "raw", description="libero: the published LIBERO evaluation's gripper command, -sign(2 g - 1) (+1 closes)"
     )
     lora: LoraOptions | None = Field(None, description="LoRA adapters; None trains every parameter")
     gradient_checkpointing: bool = Field(False, description="recompute activations of Llama and ViT blocks")
@@ -252,6 +261,9 @@ class OpenVLAPolicy(PolicyBackend):
             from pcm_openvla.action_tokens import unnormalize
 
             actions = unnormalize(actions, self.stats, self.unnorm_eps)
+        if self.options.gripper == "libero":
+            actions = actions.clone()
+            actions[..., -1] = libero_gripper(actions[..., -1])
         return PolicyOutput(
             actions=actions,
             tokens=tokens,
@@ -267,16 +279,6 @@ class OpenVLAPolicy(PolicyBackend):
     def actions_to_tokens(self, actions: Tensor) -> Tensor:
         """``[B, K, D]`` normalised actions -> ``[B, K * D]`` vocabulary ids (OpenVLA's digitize)."""
         return self.tokens.to_ids(actions).reshape(actions.shape[0], -1)
-
-    def unnormalize(self, actions: Tensor) -> Tensor:
-        """Normalised actions ``[..., 7]`` -> dataset units with the ``unnorm_key`` statistics."""
-        from pcm_openvla.action_tokens import unnormalize
-
-        if self.stats is None:
-            from pcm_openvla import build
-
-            self.stats = build.action_stats(self.config, self.options.unnorm_key, required=True)
-        return unnormalize(actions, self.stats, self.unnorm_eps)
 
     def save(self, path: str) -> None:
         """The published layout: config.json, safetensors (+ index), tokenizer, dataset_statistics.json."""

@@ -118,6 +118,24 @@ def test_unnormalisation_on_hand_made_numbers():
     assert unnormalize(actions, stats).tolist() == [[-0.5, 0.5, 1.5, 0.5, -0.5, 0.0, -1.0]]
 
 
+def test_libero_gripper_command_on_hand_made_numbers():
+    from pcm_openvla.policy import libero_gripper
+
+    # OpenVLA: 1 open, 0 closed -> LIBERO: -1 open, +1 close (binarised)
+    assert libero_gripper(torch.tensor([0.9, 0.6, 0.4, 0.0])).tolist() == [-1.0, -1.0, 1.0, 1.0]
+
+
+def test_act_returns_dataset_units_and_libero_gripper(tiny_folder, obs):
+    policy = oft(tiny_folder, unnormalize_actions=True, gripper="libero")
+    normalised = oft(tiny_folder)
+    out = policy.act(obs, INSTRUCTIONS, greedy=True)
+    reference = normalised.act(obs, INSTRUCTIONS, greedy=True)
+    assert torch.equal(out.tokens, reference.tokens)
+    expected = 0.5 * (reference.actions[..., :3] + 1) * 2.0 - 0.5  # q01 -0.5, q99 1.5
+    torch.testing.assert_close(out.actions[..., :3], expected)
+    assert set(out.actions[..., 6].unique().tolist()) <= {-1.0, 1.0}
+
+
 def test_wrong_unnorm_key_is_one_clear_error(tiny_folder):
     with pytest.raises(CheckpointFolderError) as info:
         oft(tiny_folder, unnorm_key="libero_spatial")
@@ -341,7 +359,7 @@ def test_shipped_openvla_configs_validate(name, capsys):
     from pcm_core.cli import main
 
     config = Path(__file__).resolve().parents[2] / "configs" / name
-    main(["--dry-run", "--config", str(config), "--set", "env.name=tabletop"])  # policy options are checked
+    main(["--dry-run", "--config", str(config), "--set", "env.name=tabletop", "--set", "env.options={}"])
     assert "config valid" in capsys.readouterr().out
 
 
