@@ -105,7 +105,6 @@ class OpenVLAPolicy(PolicyBackend):
     Options = OpenVLAOptions
     requires = ("peft",)
     extra = "openvla"
-    parallel = False
     unnorm_eps = 0.0
 
     def __init__(self, options: OpenVLAOptions, action_spec: ActionSpec | None = None) -> None:
@@ -132,14 +131,22 @@ class OpenVLAPolicy(PolicyBackend):
 
             lora = options.lora
             vla = apply_lora(vla, lora.rank, lora.alpha, lora.dropout, lora.target_modules)
-        self.model = OpenVLAModule(vla, *self._extra_modules(loaded, vla))
+        self.model = OpenVLAModule(vla, *self._extra_modules(loaded))
         self.model.to(getattr(torch, options.weights_dtype)).eval()
+        if options.lora is not None:  # adapters (and a trained proprio projector) keep float32 for AdamW
+            for parameter in self.model.parameters():
+                if parameter.requires_grad:
+                    parameter.data = parameter.data.float()
         self._spec = self._make_spec(action_spec)
         self._prompt_cache: dict[str, list[int]] = {}
 
     # --- construction helpers -------------------------------------------------------------
-    def _extra_modules(self, loaded: Any, vla: nn.Module) -> tuple[nn.Module | None, nn.Module | None]:
+    def _extra_modules(self, loaded: Any) -> tuple[nn.Module | None, nn.Module | None]:
         return None, None
+
+    def autocast(self) -> torch.autocast:
+        """bf16 autocast when the weights are held in bf16 (mixed with float32 adapters)."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.options.weights_dtype == "bfloat16")
 
     def _make_spec(self, action_spec: ActionSpec | None) -> ActionSpec:
         spec = ActionSpec(1, ACTION_DIM)
@@ -226,10 +233,11 @@ class OpenVLAPolicy(PolicyBackend):
 
     def token_log_probs(self, obs: dict[str, Tensor], instructions: list[str], tokens: Tensor) -> Tensor:
         """``[B, L, n_bins]`` action-token log-probs with the given ``tokens`` as teacher input."""
-        embeds, mask = self.prefix(obs, instructions)
-        suffix = self.vla.embed_ids(tokens.long().to(self.device))  # [B, 7, h]
-        ones = torch.ones(tokens.shape, dtype=torch.bool, device=self.device)
-        logits, _ = self.vla.run(torch.cat([embeds, suffix], 1), torch.cat([mask, ones], 1), False, tokens.shape[1] + 1)
+        with self.autocast():
+            embeds, mask = self.prefix(obs, instructions)
+            suffix = self.vla.embed_ids(tokens.long().to(self.device))  # [B, 7, h]
+            ones = torch.ones(tokens.shape, dtype=torch.bool, device=self.device)
+            logits, _ = self.vla.run(torch.cat([embeds, suffix], 1), torch.cat([mask, ones], 1), False, tokens.shape[1] + 1)
         return self.action_log_probs(logits[:, :-1])
 
     @torch.no_grad()
@@ -241,7 +249,6 @@ class OpenVLAPolicy(PolicyBackend):
         greedy: bool = False,
     ) -> PolicyOutput:
         """Generate the 7 tokens of one action token by token (causal, KV cache, as ``predict_action``)."""
-        embeds, mask = self.prefix(obs, instructions)
         slots, log_ps = [], []
 
         def pick(logits: Tensor) -> Tensor:
@@ -250,7 +257,9 @@ class OpenVLAPolicy(PolicyBackend):
             log_ps.append(log_p)
             return slots[-1][:, 0] + self.tokens.first_id
 
-        self.vla.generate(embeds, mask, ACTION_DIM, pick)
+        with self.autocast():
+            embeds, mask = self.prefix(obs, instructions)
+            self.vla.generate(embeds, mask, ACTION_DIM, pick)
         return self._output(torch.cat(log_ps, 1), torch.cat(slots, 1), embeds.shape[0])
 
     def _output(self, log_p: Tensor, slots: Tensor, batch: int, actions: Tensor | None = None) -> PolicyOutput:
@@ -307,10 +316,9 @@ class OpenVLAOFTPolicy(OpenVLAPolicy):
     """OpenVLA-OFT: K x 7 action tokens decoded in parallel, proprio token, one pass per chunk."""
 
     Options = OpenVLAOFTOptions
-    parallel = True
     unnorm_eps = 1e-8
 
-    def _extra_modules(self, loaded: Any, vla: nn.Module) -> tuple[nn.Module | None, nn.Module | None]:
+    def _extra_modules(self, loaded: Any) -> tuple[nn.Module | None, nn.Module | None]:
         from pcm_openvla import build
 
         options: OpenVLAOFTOptions = self.options
@@ -357,12 +365,13 @@ class OpenVLAOFTPolicy(OpenVLAPolicy):
 
     def parallel_pass(self, obs: dict[str, Tensor], instructions: list[str]) -> tuple[Tensor, Tensor]:
         """Logits ``[B, L, V]`` and hidden states ``[B, L, h]`` of the L = K x 7 action positions."""
-        embeds, mask = self.prefix(obs, instructions)
-        batch, length = embeds.shape[0], self.tokens_per_chunk
-        stop = torch.full((batch, 1), self.tokenizer.eos_token_id, dtype=torch.long, device=self.device)
-        suffix = torch.cat([embeds.new_zeros(batch, length, embeds.shape[2]), self.vla.embed_ids(stop)], dim=1)
-        ones = torch.ones(batch, length + 1, dtype=torch.bool, device=self.device)
-        logits, hidden = self.vla.run(torch.cat([embeds, suffix], 1), torch.cat([mask, ones], 1), True, length + 2)
+        with self.autocast():
+            embeds, mask = self.prefix(obs, instructions)
+            batch, length = embeds.shape[0], self.tokens_per_chunk
+            stop = torch.full((batch, 1), self.tokenizer.eos_token_id, dtype=torch.long, device=self.device)
+            suffix = torch.cat([embeds.new_zeros(batch, length, embeds.shape[2]), self.vla.embed_ids(stop)], dim=1)
+            ones = torch.ones(batch, length + 1, dtype=torch.bool, device=self.device)
+            logits, hidden = self.vla.run(torch.cat([embeds, suffix], 1), torch.cat([mask, ones], 1), True, length + 2)
         return logits[:, :length], hidden[:, :length]
 
     def token_log_probs(self, obs: dict[str, Tensor], instructions: list[str], tokens: Tensor) -> Tensor:
@@ -382,7 +391,8 @@ class OpenVLAOFTPolicy(OpenVLAPolicy):
         log_p = self.action_log_probs(logits)  # [B, L, n_bins]
         batch = log_p.shape[0]
         if self.model.action_head is not None:
-            actions = self.model.action_head(hidden, self._spec.chunk_size).float().clamp(-1.0, 1.0)
+            with self.autocast():
+                actions = self.model.action_head(hidden, self._spec.chunk_size).float().clamp(-1.0, 1.0)
             slots = self.tokens.slot(self.actions_to_tokens(actions))
             return self._output(log_p, slots, batch, actions)
         return self._output(log_p, self._sample(log_p, generator, greedy), batch)

@@ -150,6 +150,25 @@ def test_unnormalized_actions_need_a_dataset(tiny_folder):
         OpenVLAOFTPolicy(OpenVLAOFTPolicy.Options(path=tiny_folder, unnormalize_actions=True))
 
 
+def test_l1_head_checkpoint_acts_for_evaluation_and_refuses_rl(tiny_folder, obs, tmp_path):
+    folder = tmp_path / "with-head"
+    shutil.copytree(tiny_folder, folder)
+    torch.manual_seed(0)
+    head = L1RegressionActionHead(32, 7)
+    torch.save({f"module.{k}": v for k, v in head.state_dict().items()}, folder / "action_head--5_checkpoint.pt")
+    policy = oft(str(folder), action_head="l1")
+    out = policy.act(obs, INSTRUCTIONS)
+    _, hidden = policy.parallel_pass(obs, INSTRUCTIONS)
+    with torch.no_grad():
+        torch.testing.assert_close(out.actions, head(hidden, 2).clamp(-1, 1))
+    with pytest.raises(CheckpointFolderError, match="has no log-probabilities"):
+        policy.log_probs(obs, INSTRUCTIONS, out.tokens)
+    policy.save(str(tmp_path / "saved"))
+    assert set(torch.load(tmp_path / "saved" / "action_head--5_checkpoint.pt", weights_only=True)) == L1_HEAD
+    with pytest.raises(CheckpointFolderError, match="needs an action_head--<step>_checkpoint.pt"):
+        oft(tiny_folder, action_head="l1")
+
+
 # --- log-probabilities -----------------------------------------------------------------------------
 
 
@@ -262,6 +281,18 @@ def test_pcm_step_with_lora_changes_only_the_adapters(tiny_folder):
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all("lora_B" in k or "lora_A" in k for k in changed), sorted(changed)[:5]
     assert any("language_model" in k for k in changed) and any("vision_backbone" in k for k in changed)
+
+
+def test_bf16_weights_with_float32_adapters_act_and_score(tiny_folder, obs):
+    policy = oft(tiny_folder, lora={"rank": 4, "alpha": 8}, weights_dtype="bfloat16")
+    dtypes = {name: p.dtype for name, p in policy.module.named_parameters()}
+    assert {d for n, d in dtypes.items() if "lora_" in n} == {torch.float32}
+    assert dtypes["vla.language_model.model.embed_tokens.weight"] == torch.bfloat16
+    out = policy.act(obs, INSTRUCTIONS, generator=torch.Generator().manual_seed(0))
+    scored = policy.log_probs(obs, INSTRUCTIONS, out.tokens)
+    scored.sum().backward()
+    assert policy.vla.language_model.model.layers[0].self_attn.q_proj.lora_A["default"].weight.grad is not None
+    torch.testing.assert_close(scored.detach(), out.logprobs, rtol=0, atol=1e-5)
 
 
 def test_lora_is_merged_on_export(tiny_folder, obs, tmp_path):
