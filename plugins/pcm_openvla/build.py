@@ -70,7 +70,7 @@ def load(options: Any) -> Loaded:
     folder = checkpoint.resolve(options.path)
     raw = checkpoint.read_config(folder)
     try:
-        config = PrismaticConfig(raw)
+        config = PrismaticConfig(raw, checkpoint.read_processor(folder))
         config.vision_specs  # noqa: B018 -- raises for timm ids this project does not know
     except (KeyError, ValueError) as exc:
         raise CheckpointFolderError(

@@ -75,6 +75,12 @@ def read_config(folder: Path) -> dict:
     return config
 
 
+def read_processor(folder: Path) -> dict | None:
+    """``preprocessor_config.json`` (OpenVLA's image processor: ``means``, ``stds``, ...), if any."""
+    file = folder / "preprocessor_config.json"
+    return json.loads(file.read_text()) if file.is_file() else None
+
+
 def weight_files(folder: Path) -> list[Path]:
     """The safetensors files of ``folder``, checked against the index."""
     index = folder / INDEX_FILE

@@ -15,7 +15,7 @@ architectures for timm ids that are not published ones.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from pcm_openvla.vit import TIMM_SPECS, ViTSpec
@@ -78,6 +78,8 @@ class PrismaticConfig:
     """The architecture read from a ``config.json`` dict (``raw`` keeps every field for saving)."""
 
     raw: dict[str, Any]
+    processor: dict[str, Any] | None = None
+    """``preprocessor_config.json`` of the checkpoint, whose ``means``/``stds`` win when present."""
 
     def __post_init__(self) -> None:
         missing = [key for key in ("text_config", "timm_model_ids", "image_sizes", "use_fused_vision_backbone")
@@ -99,12 +101,16 @@ class PrismaticConfig:
         count = 2 if self.use_fused_vision_backbone else 1
         custom = self.raw.get("pcm_vision_specs")
         if custom is not None:
-            return [ViTSpec.from_dict(spec) for spec in custom[:count]]
-        specs = []
-        for model_id in self.raw["timm_model_ids"][:count]:
-            if model_id not in TIMM_SPECS:
-                raise ValueError(f"unsupported timm model id '{model_id}' (known: {', '.join(TIMM_SPECS)})")
-            specs.append(TIMM_SPECS[model_id])
+            specs = [ViTSpec.from_dict(spec) for spec in custom[:count]]
+        else:
+            specs = []
+            for model_id in self.raw["timm_model_ids"][:count]:
+                if model_id not in TIMM_SPECS:
+                    raise ValueError(f"unsupported timm model id '{model_id}' (known: {', '.join(TIMM_SPECS)})")
+                specs.append(TIMM_SPECS[model_id])
+        means, stds = (self.processor or {}).get("means"), (self.processor or {}).get("stds")
+        if means and stds and len(means) >= count and len(stds) >= count:
+            specs = [replace(spec, mean=tuple(m), std=tuple(s)) for spec, m, s in zip(specs, means, stds)]
         return specs
 
     @property
@@ -132,4 +138,4 @@ class PrismaticConfig:
     def with_norm_stats(self, norm_stats: dict[str, Any]) -> "PrismaticConfig":
         raw = copy.deepcopy(self.raw)
         raw["norm_stats"] = norm_stats
-        return PrismaticConfig(raw)
+        return PrismaticConfig(raw, self.processor)

@@ -24,9 +24,18 @@ def prompt(instruction: str) -> str:
     return PROMPT.format(instruction=instruction.lower().strip().rstrip("."))
 
 
-def pixel_values(images: Tensor, specs: list[ViTSpec], sizes: list[int]) -> list[Tensor]:
-    """uint8 ``[B, H, W, 3]`` -> one float tensor ``[B, 3, S_k, S_k]`` per featurizer ``k``."""
+def pixel_values(images: Tensor, specs: list[ViTSpec], sizes: list[int], crop_area: float | None = None) -> list[Tensor]:
+    """uint8 ``[B, H, W, 3]`` -> one float tensor ``[B, 3, S_k, S_k]`` per featurizer ``k``.
+
+    ``crop_area``: first keep the centred crop with this fraction of the image area (the
+    published LIBERO evaluations use 0.9 for checkpoints trained with crop augmentation).
+    """
     pixels = images.permute(0, 3, 1, 2).float() / 255.0  # [B, 3, H, W] in [0, 1]
+    if crop_area is not None:
+        height, width = pixels.shape[-2:]
+        crop_h, crop_w = round(height * crop_area**0.5), round(width * crop_area**0.5)
+        top, left = (height - crop_h) // 2, (width - crop_w) // 2
+        pixels = pixels[..., top : top + crop_h, left : left + crop_w]
     out = []
     for spec, size in zip(specs, sizes):
         resized = pixels

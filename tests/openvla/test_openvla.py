@@ -136,6 +136,28 @@ def test_act_returns_dataset_units_and_libero_gripper(tiny_folder, obs):
     assert set(out.actions[..., 6].unique().tolist()) <= {-1.0, 1.0}
 
 
+def test_centre_crop_and_normalisation_on_hand_made_pixels():
+    from pcm_openvla.processing import pixel_values
+    from pcm_openvla.vit import ViTSpec
+
+    image = torch.arange(100, dtype=torch.uint8).reshape(1, 10, 10, 1).expand(1, 10, 10, 3)
+    spec = ViTSpec(3, 8, 1, 1, 8, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    (cropped,) = pixel_values(image, [spec], [6], crop_area=0.36)  # 6x6 centre: rows and columns 2..7
+    assert torch.equal(cropped[0, 0] * 255, image[0, 2:8, 2:8, 0].float())
+    half = ViTSpec(3, 8, 1, 1, 8, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    (full,) = pixel_values(torch.full((1, 4, 4, 3), 255, dtype=torch.uint8), [half], [4])
+    assert torch.equal(full, torch.ones(1, 3, 4, 4))  # (1 - 0.5) / 0.5
+
+
+def test_preprocessor_config_sets_the_pixel_statistics(tiny_folder, tmp_path):
+    folder = tmp_path / "with-processor"
+    shutil.copytree(tiny_folder, folder)
+    (folder / "preprocessor_config.json").write_text(json.dumps(
+        {"means": [[0.25, 0.5, 0.75], [0.5, 0.5, 0.5]], "stds": [[0.125, 0.25, 0.5], [0.5, 0.5, 0.5]]}))
+    specs = oft(str(folder)).config.vision_specs
+    assert (specs[0].mean, specs[0].std) == ((0.25, 0.5, 0.75), (0.125, 0.25, 0.5))
+
+
 def test_wrong_unnorm_key_is_one_clear_error(tiny_folder):
     with pytest.raises(CheckpointFolderError) as info:
         oft(tiny_folder, unnorm_key="libero_spatial")
