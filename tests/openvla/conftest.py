@@ -5,8 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-pytest.importorskip("peft")
-
 
 @pytest.fixture(scope="session")
 def tiny_folder(tmp_path_factory) -> str:

@@ -23,6 +23,7 @@ from pcm_openvla.modeling import L1RegressionActionHead, PrismaticVLA
 from pcm_openvla.policy import OpenVLAOFTPolicy, OpenVLAPolicy
 
 pytestmark = pytest.mark.openvla
+pytest.importorskip("peft")  # the [openvla] extra
 
 PCM_RUN = str(Path(sys.executable).with_name("pcm-run"))
 
