@@ -45,10 +45,6 @@ class PrismaticVisionBackbone(nn.Module):
     def featurizers(self) -> list[TimmViT]:
         return [self.featurizer, self.fused_featurizer] if hasattr(self, "fused_featurizer") else [self.featurizer]
 
-    @property
-    def num_patches(self) -> int:
-        return self.featurizer.num_patches
-
     def forward(self, pixels: list[Tensor]) -> Tensor:
         """``pixels[k]`` ``[B, 3, S_k, S_k]`` normalised for featurizer k -> ``[B, N_p, sum_k D_k]``."""
         return torch.cat([net(p) for net, p in zip(self.featurizers, pixels)], dim=2)
@@ -89,10 +85,6 @@ class PrismaticVLA(nn.Module):
         self.projector = PrismaticProjector(config.use_fused_vision_backbone, self.vision_backbone.embed_dim,
                                             text.hidden_size)
         self.language_model = LlamaForCausalLM(text)
-
-    @property
-    def hidden_size(self) -> int:
-        return self.language_model.config.hidden_size
 
     def image_tokens(self, pixels: list[Tensor], num_images: int) -> Tensor:
         """``pixels[k]`` ``[B * n, 3, S_k, S_k]`` (image-major per sample) -> ``[B, n * N_p, hidden]``."""

@@ -188,10 +188,6 @@ class TimmViT(nn.Module):
         if spec.map_head:
             self.attn_pool = AttentionPoolLatent(spec)
 
-    @property
-    def embed_dim(self) -> int:
-        return self.spec.embed_dim
-
     def forward(self, pixels: Tensor) -> Tensor:
         x = self.patch_embed(pixels) + self.pos_embed  # [B, N_p, D]
         prefix = []
