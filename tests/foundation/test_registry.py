@@ -73,7 +73,7 @@ def test_plugins_lists_known_missing_backends(monkeypatch, capsys):
     cli.main(["plugins"])
     out = capsys.readouterr().out
     assert 'env libero: pip install "pcm-vla[libero]"' in out
-    assert 'policy openvla: pip install "pcm-vla[openvla]"' in out
+    assert 'env maniskill: pip install "pcm-vla[maniskill]"' in out
 
 
 def test_builtins_load_without_errors():

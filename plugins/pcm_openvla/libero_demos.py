@@ -1,0 +1,63 @@
+"""LIBERO's HDF5 demonstrations as SFT data for :func:`pcm_core.warm_start.behaviour_clone`.
+
+Layout of a LIBERO demo file (one task per file): ``data`` with the attribute ``problem_info``
+(JSON holding ``language_instruction``) and groups ``data/demo_<n>`` holding ``actions`` ``[T, 7]``
+and ``obs/{agentview_rgb, eye_in_hand_rgb}`` ``[T, H, W, 3]`` uint8,
+``obs/{ee_pos [T, 3], ee_ori [T, 3], gripper_states [T, 2]}``. OpenVLA-OFT's 8-dim LIBERO proprio
+is ``ee_pos ++ ee_ori ++ gripper_states``; LIBERO renders images upside down, which OpenVLA's data
+pipeline undoes by rotating them 180 degrees (``flip``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+def load_libero_demos(
+    path: str, chunk_size: int, stride: int | None = None, action_stats: dict | None = None, flip: bool = True
+) -> tuple[dict[str, Tensor], list[str], Tensor]:
+    """Chunks of every demo in the HDF5 file ``path``.
+
+    A chunk starts every ``stride`` steps (default ``chunk_size``) and holds the next
+    ``chunk_size`` actions, the last action repeated past the end of the demo. Actions are
+    normalised to [-1, 1] with ``action_stats`` (``q01``/``q99``/``mask``) when given, else clipped.
+
+    Returns observations at the chunk starts (``image``, ``wrist_image`` uint8 ``[S, H, W, 3]``,
+    ``proprio`` float32 ``[S, 8]``), the ``S`` instructions and the actions ``[S, K, 7]``.
+    """
+    import h5py
+
+    from pcm_openvla.action_tokens import normalize
+
+    stride = stride or chunk_size
+    images, wrists, proprios, chunks, texts = [], [], [], [], []
+    with h5py.File(path, "r") as file:
+        data = file["data"]
+        instruction = json.loads(data.attrs["problem_info"])["language_instruction"] if "problem_info" in data.attrs \
+            else Path(path).stem.removesuffix("_demo").replace("_", " ")
+        for name in sorted(data, key=lambda n: int(n.split("_")[-1])):
+            demo = data[name]
+            actions = np.asarray(demo["actions"], dtype=np.float32)  # [T, 7]
+            obs = demo["obs"]
+            proprio = np.concatenate([obs["ee_pos"], obs["ee_ori"], obs["gripper_states"]], axis=1).astype(np.float32)
+            padded = np.concatenate([actions, np.repeat(actions[-1:], chunk_size - 1, axis=0)])
+            for t in range(0, len(actions), stride):
+                chunks.append(padded[t : t + chunk_size])
+                image, wrist = obs["agentview_rgb"][t], obs["eye_in_hand_rgb"][t]
+                images.append(image[::-1, ::-1] if flip else image)
+                wrists.append(wrist[::-1, ::-1] if flip else wrist)
+                proprios.append(proprio[t])
+                texts.append(instruction)
+    actions = torch.as_tensor(np.stack(chunks))  # [S, K, 7]
+    actions = normalize(actions, action_stats, eps=1e-8) if action_stats else actions.clamp(-1.0, 1.0)
+    obs_out = {
+        "image": torch.as_tensor(np.ascontiguousarray(np.stack(images))),
+        "wrist_image": torch.as_tensor(np.ascontiguousarray(np.stack(wrists))),
+        "proprio": torch.as_tensor(np.stack(proprios)),
+    }
+    return obs_out, texts, actions
