@@ -29,6 +29,7 @@ BUILTIN_PLUGINS = (
     "pcm_phases.plugin",
     "pcm_tabletop.plugin",
     "pcm_tinyvla.plugin",
+    "pcm_maniskill.plugin",
 )
 
 HOOKS = {
