@@ -24,6 +24,7 @@ from pydantic import Field, model_validator
 from pcm_core.errors import ConfigError, PcmError
 from pcm_core.interfaces import EnvBackend, Options, StepResult
 from pcm_maniskill import tasks as task_table
+from pcm_maniskill.expert import EXPERT_TASKS, pick_cube_actions
 
 CONTROL_MODE = "pd_ee_delta_pose"
 VULKAN_MARKERS = ("vk::", "vulkan", "physical device")
@@ -269,6 +270,16 @@ class ManiSkillEnv(EnvBackend):
             "grasped": self.grasped.copy(),
             "phase": np.where(self.success, 3, phase).astype(np.int64),
         }
+
+    def expert_actions(self) -> np.ndarray | None:
+        """``[B, 7]`` scripted expert actions when every env runs PickCube-v1, else None
+        (see :func:`pcm_maniskill.expert.pick_cube_actions`)."""
+        if not self._started or any(task not in EXPERT_TASKS for task in self._task_of_slot):
+            return None
+        actions = np.zeros((self.num_envs, 7), dtype=np.float32)
+        for sim, slots in self._groups():
+            actions[slots] = pick_cube_actions(sim)
+        return actions
 
     def render(self, index: int) -> np.ndarray | None:
         """The latest camera image ``[H, W, 3]`` of env ``index`` (None without ``image``)."""
