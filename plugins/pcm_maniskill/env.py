@@ -117,7 +117,7 @@ class ManiSkillEnv(EnvBackend):
             if task not in REGISTERED_ENVS:
                 close = difflib.get_close_matches(task, list(REGISTERED_ENVS), n=1)
                 hint = f"did you mean '{close[0]}'? " if close else ""
-                raise ConfigError(f"'{task}' is not a ManiSkill task.\nFix: {hint}see `python -m mani_skill.utils.download_asset -l`")
+                raise ConfigError(f"'{task}' is not a ManiSkill task.\nFix: {hint}ManiSkill tasks are listed in docs/maniskill.md")
         backend = options.sim_backend
         if backend == "auto":
             backend = "physx_cuda" if torch.cuda.is_available() else "physx_cpu"
