@@ -48,6 +48,11 @@ def asset_dir() -> Path:
 
 
 def missing_assets(task: str) -> list[str]:
-    """Asset ids ``task`` needs that are not in :func:`asset_dir` (empty when none are missing)."""
+    """Asset ids ``task`` needs whose folder in :func:`asset_dir` is absent or empty (a failed
+    ManiSkill download leaves an empty one behind). Empty when nothing is missing."""
     root = asset_dir()
-    return [asset for asset, folder in TASK_ASSETS.get(task, ()) if not (root / folder).exists()]
+    return [asset for asset, folder in TASK_ASSETS.get(task, ()) if not _has_files(root / folder)]
+
+
+def _has_files(folder: Path) -> bool:
+    return folder.is_dir() and any(folder.iterdir())

@@ -24,7 +24,10 @@ def test_ycb_task_without_assets_names_the_asset_and_the_download_command(asset_
 
 
 def test_downloaded_assets_pass(asset_dir):
-    (asset_dir / "assets" / "mani_skill2_ycb").mkdir(parents=True)
+    ycb = asset_dir / "assets" / "mani_skill2_ycb"
+    ycb.mkdir(parents=True)
+    assert missing_assets("PickSingleYCB-v1") == ["ycb"]  # an empty folder: what a failed download leaves
+    (ycb / "info_pick_v0.json").write_text("{}")
     assert missing_assets("PickClutterYCB-v1") == ["pick_clutter_ycb_configs"]
     assert ManiSkillOptions(tasks=["PickSingleYCB-v1"]).tasks == ["PickSingleYCB-v1"]
 
