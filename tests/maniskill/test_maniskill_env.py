@@ -140,6 +140,7 @@ def test_pcm_run_two_steps_logs_to_mlflow(tmp_path):
         "--set", "train.steps=2",
         "--set", "train.tasks_per_step=1",
         "--set", "train.group_size=2",
+        "--set", "env.workers=2",  # the two members of the group in two processes
         "--set", "train.eval_episodes=2",
         "--set", "train.eval_every=0",
         "--set", "train.sft.enabled=false",
