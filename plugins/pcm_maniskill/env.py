@@ -40,7 +40,7 @@ class VulkanUnavailableError(PcmError):
 
 class ManiSkillOptions(Options):
     tasks: list[str] = Field(
-        default_factory=lambda: ["PickCube-v1"], min_length=1, description="ManiSkill task ids; task id i runs tasks[i]"
+        default_factory=lambda: ["PickCube-v1"], min_length=1, description="ManiSkill task ids; task id i runs the i-th"
     )
     instructions: dict[str, str] = Field(
         default_factory=dict, description="task id -> language instruction (replaces the built-in one)"
