@@ -119,7 +119,8 @@ def run(quick: bool, device: str, out: Path, args: argparse.Namespace | None = N
         scale = processes.get(scale, scale)
         rows.append([where, scale, observation, f"{st['median']:.1f} ({st['min']:.1f}-{st['max']:.1f})", st["n"]])
     if not s["gpu_envs"]:
-        rows.append(["GPU, physx_cuda", "64 / 256 / 1024 envs", "state, rgb", "not measured: no GPU on this machine", 0])
+        reason = "not run (--device cpu or --tiny)" if gpu else "not measured: no GPU on this machine"
+        rows.append(["GPU, physx_cuda", "64 / 256 / 1024 envs", "state, rgb", reason, 0])
     markdown = (
         f"# maniskill_env_throughput\n\n{TASK}, random actions, RGB camera {s['image_size']}x{s['image_size']}; "
         f"env steps per second, median (min-max) over repeats. Machine: {info['cpu']}, {info['cores']} cores, "

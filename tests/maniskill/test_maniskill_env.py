@@ -201,3 +201,17 @@ def test_asset_table_matches_maniskill():
             sources = assets.expand_data_group_into_individual_data_source_ids(asset) if asset in assets.DATA_GROUPS else [asset]
             paths = [Path(assets.DATA_SOURCES[s].output_dir) / assets.DATA_SOURCES[s].target_path for s in sources]
             assert all(path.is_relative_to(ASSET_DIR / folder) for path in paths), asset
+
+
+def test_throughput_benchmark_writes_outputs(tmp_path):
+    import json
+
+    from benchmarks.__main__ import main as benchmarks_main
+
+    assert benchmarks_main(["maniskill_env_throughput", "--quick", "--tiny", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "maniskill_env_throughput.json").read_text())
+    assert list(result["summary"]) == ["cpu/state/workers=0"]
+    assert result["summary"]["cpu/state/workers=0"]["n"] == 1
+    markdown = (tmp_path / "maniskill_env_throughput.md").read_text()
+    assert ("not run (--device cpu or --tiny)" if result["gpu"] else "not measured: no GPU on this machine") in markdown
+    assert (tmp_path / "maniskill_env_throughput.png").read_bytes()[:4] == b"\x89PNG"
