@@ -121,6 +121,11 @@ class ManiSkillEnv(EnvBackend):
         backend = options.sim_backend
         if backend == "auto":
             backend = "physx_cuda" if torch.cuda.is_available() else "physx_cpu"
+        if backend == "physx_cuda" and len(set(options.tasks)) > 1:
+            raise ConfigError(
+                f"env.options.tasks: physx_cuda (picked by sim_backend auto) runs one task per env batch, got {len(set(options.tasks))}.\n"
+                "Fix: name one task, or set env.options.sim_backend to physx_cpu"
+            )
         self.sim_backend = backend
         self.instructions = {**task_table.INSTRUCTIONS, **options.instructions}
         limits = [REGISTERED_ENVS[t].max_episode_steps or 50 for t in options.tasks]
