@@ -30,6 +30,7 @@ BUILTIN_PLUGINS = (
     "pcm_tabletop.plugin",
     "pcm_tinyvla.plugin",
     "pcm_openvla.plugin",
+    "pcm_maniskill.plugin",
 )
 
 HOOKS = {
