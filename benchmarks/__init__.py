@@ -5,3 +5,6 @@ configurations interleaved over repeats and reported as min / median / max.
 """
 
 BENCHMARKS = ("grad_update", "activation_memory", "time_to_success", "ablations")
+
+BACKEND_BENCHMARKS = ("libero_env_throughput",)
+"""Benchmarks that need a backend extra (``[libero]``); run by name only, not by ``all``."""

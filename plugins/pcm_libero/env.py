@@ -3,9 +3,11 @@
 Every convention below is taken from the published evaluation scripts (see docs/libero.md):
 
 - initial states: the suite's fixed init-state file of the task (50 states); initial-state id
-  ``s`` of :meth:`LiberoEnv.reset` selects state ``s mod 50``. Each episode calls ``env.seed``
-  (with the backend's ``seed``), ``env.reset()`` and ``env.set_init_state(state)``, so a group's
-  members all start from the same simulator state;
+  ``s`` of :meth:`LiberoEnv.reset` selects state ``s mod 50``. Each episode calls
+  ``env.seed(sim_seed)`` (0, as published), ``env.reset()`` and ``env.set_init_state(state)``.
+  The seed matters: LIBERO places fixtures (which the init state does not hold) from it. It is an
+  option, not the backend's ``seed`` argument, so that every member of a group starts from the
+  same scene whichever worker process runs it; nothing else in an episode is random;
 - ``settle_steps`` (10) dummy actions ``[0, 0, 0, 0, 0, 0, -1]`` after the reset let the objects
   drop; they do not count against the episode limit and a success during them is ignored;
 - episode limit: the suite's published ``max_steps`` policy actions (220 / 280 / 300 / 520 / 400);
@@ -56,6 +58,7 @@ class LiberoOptions(Options):
     wrist_image: bool = Field(False, description="add obs['wrist_image'] from the wrist camera (OpenVLA-OFT uses it)")
     max_steps: int | None = Field(None, gt=0, description="episode limit in actions; None: the suite's published limit")
     settle_steps: int = Field(10, ge=0, description="dummy actions after each reset while objects settle (published: 10)")
+    sim_seed: int = Field(0, ge=0, description="LIBERO's scene seed (fixture placement); the published evaluations use 0")
     hard_reset: bool = Field(True, description="reload the MuJoCo model at every reset (LIBERO's default; False is ~2 s faster)")
     reflections: bool = Field(True, description="render MuJoCo reflections (False renders faster but changes the images)")
     phases: bool = Field(True, description="report info['phase'] from grasp state and BDDL goal predicates")
@@ -109,7 +112,8 @@ class LiberoEnv(EnvBackend):
     ``[B, H, W, 3]``; ``proprio`` float32 ``[B, 8]`` (eef xyz, axis-angle, 2 finger joints).
     Info (each ``[B]``): ``gripper`` float32 (1 after a close command, 0 after an open command),
     ``grasped`` bool (an object of interest is held), ``phase`` int64 (:func:`phase_label`).
-    See the module docstring for the conventions and their sources.
+    See the module docstring for the conventions and their sources. The ``seed`` argument is not
+    used: an episode is fixed by its task, initial state and the ``sim_seed`` option.
     """
 
     Options = LiberoOptions
@@ -207,7 +211,7 @@ class LiberoEnv(EnvBackend):
         env = slot.env
         numpy_state = np.random.get_state()  # LIBERO's env.seed seeds numpy's global generator
         try:
-            env.seed(self.seed)
+            env.seed(self.options.sim_seed)
             env.reset()
             if not self.options.reflections:
                 _disable_reflections(env)
