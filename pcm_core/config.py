@@ -25,6 +25,10 @@ class Section(BaseModel):
 class EnvConfig(Section):
     name: str = Field("tabletop", description="registered env backend")
     options: dict[str, Any] = Field(default_factory=dict, description="the env's own Options")
+    workers: int = Field(
+        0, ge=0, description="processes the envs of a step are split across (0: in this process); a worker that "
+        "dies is restarted and its trajectories of that step are dropped (docs/reliability.md)",
+    )
 
 
 class PolicyConfig(Section):

@@ -47,12 +47,16 @@ class StepResult:
         success: ``[B]`` bool, the task is solved.
         done: ``[B]`` bool, the episode ended (success, failure or time limit).
         info: each ``[B, ...]``, e.g. ``gripper`` (1 closed, 0 open) and ``phase`` labels.
+        lost: ``[B]`` bool, the env's episode was lost since the last ``reset`` (its worker process
+            died; see :mod:`pcm_core.vector_env`) and its trajectory must be dropped; None for
+            envs that cannot lose episodes.
     """
 
     obs: dict[str, np.ndarray]
     success: np.ndarray
     done: np.ndarray
     info: dict[str, np.ndarray]
+    lost: np.ndarray | None = None
 
 
 class EnvBackend(Component):

@@ -10,8 +10,18 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from pcm_core.errors import PcmError
 from pcm_core.interfaces import EnvBackend, PolicyBackend
 from pcm_core.types import RolloutBatch
+
+LOST_RETRIES = 2
+"""Extra collections of the same groups when crashed env workers lost every trajectory."""
+
+
+class EnvLostError(PcmError):
+    """Crashed env workers lost every trajectory, again and again."""
+
+    exit_code = 1
 
 
 def obs_to_tensors(obs: dict[str, np.ndarray], device: torch.device) -> dict[str, Tensor]:
@@ -39,7 +49,46 @@ def collect(
 
     Trajectory ``i`` belongs to group ``i // group_size``; all members of a group start from the
     same task and initial state. Returns a :class:`RolloutBatch` with everything stored on CPU.
+    Trajectories the env reports ``lost`` (a crashed env worker) are dropped (:func:`drop_lost`);
+    when none survives, the groups are collected again (at most ``LOST_RETRIES`` times).
     """
+    dropped = 0
+    for _ in range(LOST_RETRIES + 1):
+        batch, lost = _run_episodes(env, policy, groups, group_size, generator, greedy)
+        if lost.any():
+            batch = drop_lost(batch, lost, min(2, group_size))
+        batch.dropped += dropped
+        if batch.num_trajectories:
+            return batch
+        dropped = batch.dropped
+    raise EnvLostError(
+        f"every trajectory of {LOST_RETRIES + 1} collections in a row was lost to crashed env workers.\n"
+        "Fix: see why the simulator crashes, e.g. run with env.workers=0 to get its traceback"
+    )
+
+
+def drop_lost(batch: RolloutBatch, lost: np.ndarray, min_members: int = 2) -> RolloutBatch:
+    """Leave out the ``lost`` (``[N]`` bool) trajectories, and the survivors of any group left with
+    fewer than ``min_members``; ``dropped`` counts all that were left out."""
+    lost_t = torch.as_tensor(lost, dtype=torch.bool)
+    ids, dense = torch.unique(batch.group_index, return_inverse=True)
+    survivors = torch.zeros(len(ids), dtype=torch.long).index_add(0, dense, (~lost_t).long())  # [M]
+    keep = ~lost_t & (survivors[dense] >= min_members)  # [N]
+    kept = batch.select_trajectories(torch.nonzero(keep).squeeze(1))
+    kept.dropped = batch.dropped + int((~keep).sum())
+    return kept
+
+
+def _run_episodes(
+    env: EnvBackend,
+    policy: PolicyBackend,
+    groups: Sequence[GroupSpec],
+    group_size: int,
+    generator: torch.Generator | None,
+    greedy: bool,
+) -> tuple[RolloutBatch, np.ndarray]:
+    """One batch of episodes as :func:`collect` describes, with nothing dropped, and the ``[N]``
+    bool mask of lost trajectories."""
     num_trajectories = len(groups) * group_size
     if num_trajectories != env.num_envs:
         raise ValueError(f"{len(groups)} groups x {group_size} need {num_trajectories} envs, env has {env.num_envs}")
@@ -50,6 +99,7 @@ def collect(
 
     obs, instructions = env.reset(task_ids, init_states)
     alive = np.ones(num_trajectories, dtype=bool)
+    lost = np.zeros(num_trajectories, dtype=bool)
     success = np.zeros(num_trajectories, dtype=bool)
     lengths = np.zeros(num_trajectories, dtype=np.int64)
     steps: list[dict[str, Tensor]] = []
@@ -69,6 +119,8 @@ def collect(
             if chunk_info is None:
                 chunk_info = result.info
             alive &= ~result.done
+            if result.lost is not None:
+                lost |= result.lost
             obs = result.obs
         steps.append(
             {
@@ -90,7 +142,7 @@ def collect(
         shape = mask.shape + (1,) * (value.dim() - 2)
         return value * mask.reshape(shape).to(value.dtype)
 
-    return RolloutBatch(
+    batch = RolloutBatch(
         obs={key: zero_padding(stack([s["obs"][key] for s in steps])) for key in steps[0]["obs"]},
         instructions=list(instructions),
         actions=zero_padding(stack([s["actions"] for s in steps])),
@@ -105,6 +157,7 @@ def collect(
             for key in (infos[0] if infos else {})
         },
     )
+    return batch, lost
 
 
 def concat(batches: Sequence[RolloutBatch]) -> RolloutBatch:
@@ -130,4 +183,5 @@ def concat(batches: Sequence[RolloutBatch]) -> RolloutBatch:
         rewards=torch.cat([b.rewards for b in batches]),
         group_index=torch.cat([b.group_index + int(o) for b, o in zip(batches, offsets)]),
         info={k: torch.cat([pad(b.info[k]) for b in batches]) for k in batches[0].info},
+        dropped=sum(b.dropped for b in batches),
     )

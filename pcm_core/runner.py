@@ -29,6 +29,7 @@ from pcm_core.registry import get_registry
 from pcm_core.rollout import GroupSpec, collect, concat
 from pcm_core.tracking import Tracker
 from pcm_core.types import RolloutBatch
+from pcm_core.vector_env import SubprocessEnv
 from pcm_core.warm_start import warm_start
 
 EVAL_INIT_OFFSET = 1_000_000
@@ -114,8 +115,12 @@ def evaluate(env: EnvBackend, policy: PolicyBackend, config: RunConfig) -> float
 def build(components: dict[str, ResolvedComponent], config: RunConfig, device: torch.device) -> dict[str, Any]:
     """Instantiate every component (this is where heavy imports and model loading happen)."""
     num_envs = config.train.tasks_per_step * config.train.group_size
+    if config.env.workers > 0:
+        env = SubprocessEnv(components["env"], num_envs, config.train.seed, config.env.workers)
+    else:
+        env = components["env"].build(num_envs=num_envs, seed=config.train.seed)
     return {
-        "env": components["env"].build(num_envs=num_envs, seed=config.train.seed),
+        "env": env,
         "policy": components["policy"].build().to(device),
         "segmenter": components["segmenter"].build(),
         "proxy": components["proxy"].build(),
@@ -210,7 +215,11 @@ def capture(
         "optimizer": optimizer_meta,
         "pcm": {k: v for k, v in pcm_state.items() if not isinstance(v, torch.Tensor)},
         "rng": rng_meta,
-        "faults": {"skipped_updates": learner.skipped_updates, "consecutive_skips": learner.consecutive_skips},
+        "faults": {
+            "skipped_updates": learner.skipped_updates,
+            "consecutive_skips": learner.consecutive_skips,
+            "env_restarts": getattr(env, "restarts", 0),
+        },
     }
     return checkpoint.Checkpoint(step, tensors, state, config.model_dump(mode="json"))
 
@@ -226,6 +235,8 @@ def restore(
     learner.keep_probs.load_state_dict({**saved.tensors["pcm"], **saved.state["pcm"]})
     learner.skipped_updates = int(saved.state["faults"]["skipped_updates"])
     learner.consecutive_skips = int(saved.state["faults"]["consecutive_skips"])
+    if isinstance(env, SubprocessEnv):
+        env.restarts = int(saved.state["faults"].get("env_restarts", 0))
     checkpoint.load_rng_state(
         saved.tensors["rng"], saved.state["rng"], {"learner": learner.generator, "rollout": generator},
         {"groups": rng, **_env_rngs(env)},
@@ -301,6 +312,8 @@ def train(
                 with timer.section("rollout", device):
                     last_batch = collect_step(env, policy, config, rng, generator)
                 metrics = learner.update(last_batch, timer)
+                metrics["faults/env_restarts"] = float(getattr(env, "restarts", 0))
+                metrics["faults/dropped_trajectories"] = float(last_batch.dropped)
                 metrics.update(timer.metrics())
                 metrics["time/step_s"] = sum(timer.seconds.values())
                 every = config.train.eval_every

@@ -57,6 +57,8 @@ class RolloutBatch:
         rewards: ``[N]`` outcome reward (1.0 success, 0.0 failure).
         group_index: ``[N]`` group id ``m`` of each trajectory (same task and initial state).
         info: per-chunk environment info, each ``[N, T, ...]`` (e.g. ``phase`` labels, ``gripper``).
+        dropped: trajectories collected for this batch but left out because their env worker
+            died (and group members left too few to compare); not among the ``N``.
     """
 
     obs: dict[str, Tensor]
@@ -69,6 +71,7 @@ class RolloutBatch:
     rewards: Tensor
     group_index: Tensor
     info: dict[str, Tensor] = field(default_factory=dict)
+    dropped: int = 0
 
     @property
     def num_trajectories(self) -> int:
@@ -98,6 +101,7 @@ class RolloutBatch:
             rewards=self.rewards[index],
             group_index=self.group_index[index],
             info={k: v[index] for k, v in self.info.items()},
+            dropped=self.dropped,
         )
 
 
