@@ -237,7 +237,7 @@ def test_cli_validates_libero_configs(capsys):
     assert code == 2 and "policy 'openvla-oft'" in lines[0] and 'pip install "pcm-vla[openvla]"' in lines[1]
 
 
-def test_pcm_run_libero_tinyvla_end_to_end(tmp_path, monkeypatch):
+def test_pcm_run_libero_tinyvla_in_two_workers_end_to_end(tmp_path, monkeypatch):
     import mlflow
 
     from pcm_core.cli import main
@@ -250,6 +250,7 @@ def test_pcm_run_libero_tinyvla_end_to_end(tmp_path, monkeypatch):
         "--set", "train.steps=2", "--set", "train.tasks_per_step=1", "--set", "train.group_size=2",
         "--set", "train.eval_episodes=2", "--set", "env.options.max_steps=8", "--set", "env.options.image_size=64",
         "--set", "pcm.budget=1", "--set", f"train.output_dir={tmp_path / 'runs'}", "--set", f"tracking.uri={uri}",
+        "--set", "env.workers=2",  # one simulator per worker process
     ])
     client = mlflow.tracking.MlflowClient(tracking_uri=uri)
     (run,) = client.search_runs(client.get_experiment_by_name("pcm-vla").experiment_id)
