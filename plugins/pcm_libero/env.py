@@ -142,7 +142,6 @@ class LiberoEnv(EnvBackend):
 
     def _benchmark(self) -> Any:
         if self._suite is None:
-            os.environ.setdefault("MUJOCO_GL", "egl")
             from libero.libero import benchmark
 
             with contextlib.redirect_stdout(io.StringIO()):  # the constructor prints its task order
@@ -162,6 +161,7 @@ class LiberoEnv(EnvBackend):
 
     def _build(self, task: int) -> Any:
         """A new ``OffScreenRenderEnv`` for suite task ``task``."""
+        os.environ.setdefault("MUJOCO_GL", "egl")  # read when robosuite first imports MuJoCo's renderer
         from libero.libero.envs import OffScreenRenderEnv
 
         opt = self.options
