@@ -59,7 +59,7 @@ class LiberoOptions(Options):
     max_steps: int | None = Field(None, gt=0, description="episode limit in actions; None: the suite's published limit")
     settle_steps: int = Field(10, ge=0, description="dummy actions after each reset while objects settle (published: 10)")
     sim_seed: int = Field(0, ge=0, description="LIBERO's scene seed (fixture placement); the published evaluations use 0")
-    hard_reset: bool = Field(True, description="reload the MuJoCo model at every reset (LIBERO's default; False is ~2 s faster)")
+    hard_reset: bool = Field(True, description="reload the MuJoCo model at every reset (LIBERO's default; False is seconds faster)")
     reflections: bool = Field(True, description="render MuJoCo reflections (False renders faster but changes the images)")
     phases: bool = Field(True, description="report info['phase'] from grasp state and BDDL goal predicates")
     lift_height: float = Field(0.03, gt=0.0, description="metres a grasped object must rise for the 'transport' phase")
