@@ -149,6 +149,7 @@ class Learner:
         metrics = {
             "success_rate": float(batch.rewards.mean()),
             "mixed_group_fraction": 1.0 - float(uniform.float().mean()),
+            "entropy": float(batch.entropy[batch.chunk_mask].mean()),  # mean action-token entropy of the rollouts
             "kept_chunk_fraction": kept_chunks / max(real_chunks, 1),
             "kept_chunks": float(kept_chunks),
             "loss": losses.get("loss", 0.0),

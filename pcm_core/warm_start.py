@@ -26,7 +26,8 @@ from pcm_core.interfaces import EnvBackend, PolicyBackend
 def cache_path(config: RunConfig) -> Path:
     """Folder of the cached warm start for this env, policy, SFT settings and seed."""
     sft = config.train.sft.model_dump(exclude={"cache_dir"})
-    key = {"env": config.env.model_dump(), "policy": config.policy.model_dump(), "sft": sft, "seed": config.train.seed}
+    env = config.env.model_dump(exclude={"workers"})  # where the envs run does not change the demonstrations
+    key = {"env": env, "policy": config.policy.model_dump(), "sft": sft, "seed": config.train.seed}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return Path(config.train.sft.cache_dir).expanduser() / digest
 
