@@ -5,5 +5,6 @@ configurations interleaved over repeats and reported as min / median / max.
 """
 
 BENCHMARKS = ("grad_update", "activation_memory", "time_to_success", "ablations")
-OPTIONAL_BENCHMARKS = ("maniskill_env_throughput",)
-"""Benchmarks of backends behind an extra: named explicitly, never part of ``all``."""
+
+BACKEND_BENCHMARKS = ("libero_env_throughput", "maniskill_env_throughput")
+"""Benchmarks that need a backend extra (``[libero]``, ``[maniskill]``); run by name only, never by ``all``."""

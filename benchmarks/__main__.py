@@ -7,14 +7,14 @@ import importlib
 import sys
 from pathlib import Path
 
-from benchmarks import BENCHMARKS, OPTIONAL_BENCHMARKS
+from benchmarks import BACKEND_BENCHMARKS, BENCHMARKS
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks", description="GRPO vs PCM side by side")
-    p.add_argument("name", choices=[*BENCHMARKS, *OPTIONAL_BENCHMARKS, "all"])
+    p.add_argument("name", choices=[*BENCHMARKS, *BACKEND_BENCHMARKS, "all"])
     p.add_argument("--quick", action="store_true", help="small settings, each benchmark under 5 minutes on 2 cores")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for <name>.json/.md/.png")

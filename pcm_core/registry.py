@@ -31,6 +31,7 @@ BUILTIN_PLUGINS = (
     "pcm_tinyvla.plugin",
     "pcm_openvla.plugin",
     "pcm_maniskill.plugin",
+    "pcm_libero.plugin",
 )
 
 HOOKS = {
@@ -68,7 +69,7 @@ class Registration:
             package = self.distribution if self.distribution != "?" else DISTRIBUTION
             target = f'"{package}[{self.cls.extra}]"' if self.cls.extra else package
             raise MissingBackendError(
-                f"{self.kind} '{self.name}' needs {', '.join(missing)}, which is not installed.\n"
+                f"{self.kind} '{self.name}' is not installed: it needs {', '.join(missing)}.\n"
                 f"Fix: pip install {target}"
             )
 
@@ -139,8 +140,12 @@ class Registry:
         return dict(sorted(self._components[kind].items()))
 
     def missing_backends(self) -> list[tuple[str, str, str]]:
-        """Known (kind, name, extra) that no installed plugin registers."""
-        return [(k, n, e) for (k, n), e in KNOWN_BACKENDS.items() if n not in self._components[k]]
+        """Known (kind, name, extra) that no plugin registers or whose extra is not installed."""
+        return [
+            (k, n, e)
+            for (k, n), e in KNOWN_BACKENDS.items()
+            if n not in self._components[k] or self._components[k][n].missing_modules()
+        ]
 
     def get(self, kind: str, name: str) -> Registration:
         """The registration of ``name``, or a one-line error naming the fix."""

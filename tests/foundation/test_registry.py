@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -72,8 +73,10 @@ def test_plugins_lists_known_missing_backends(monkeypatch, capsys):
     monkeypatch.setattr(cli, "out", Console(width=250))
     cli.main(["plugins"])
     out = capsys.readouterr().out
-    assert 'env libero: pip install "pcm-vla[libero]"' in out
-    assert 'env maniskill: pip install "pcm-vla[maniskill]"' in out
+    for kind, name in (("env", "libero"), ("env", "maniskill"), ("policy", "openvla")):
+        registration = get_registry().components(kind)[name]
+        if registration.missing_modules():  # registered, but its extra is missing here
+            assert f'{kind} {name}: pip install "pcm-vla[{registration.cls.extra}]"' in out
 
 
 def test_builtins_load_without_errors():
@@ -103,9 +106,18 @@ def test_unknown_name_suggests(kind, name, expected):
     assert len(message.splitlines()) == 2
 
 
-def test_known_missing_backend_names_the_extra():
-    with pytest.raises(MissingBackendError, match=r'env \'libero\' is not installed.\nFix: pip install "pcm-vla\[libero\]"'):
-        get_registry().get("env", "libero")
+def test_known_missing_backend_names_the_extra(monkeypatch):
+    monkeypatch.setitem(registry_module.KNOWN_BACKENDS, ("env", "zz_sim"), "zz")
+    with pytest.raises(MissingBackendError, match=r'env \'zz_sim\' is not installed.\nFix: pip install "pcm-vla\[zz\]"'):
+        get_registry().get("env", "zz_sim")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("libero") is not None, reason="the [libero] extra is installed")
+def test_registered_backend_without_its_extra_names_the_extra():
+    registration = get_registry().get("env", "libero")
+    assert ("env", "libero", "libero") in get_registry().missing_backends()
+    with pytest.raises(MissingBackendError, match=r'env \'libero\' is not installed: it needs libero, .*\nFix: pip install "pcm-vla\[libero\]"'):
+        registration.check_installed()
 
 
 # --- third-party plugins loaded as extra modules -------------------------------------------------
