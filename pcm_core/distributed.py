@@ -23,7 +23,9 @@ import contextlib
 import math
 import os
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
+
+import numpy as np
 
 import torch
 from torch import Tensor, nn
@@ -111,6 +113,35 @@ def local_config(config: RunConfig, context: Context) -> RunConfig:
     )
     tracking = config.tracking if context.is_main else config.tracking.model_copy(update={"enabled": False})
     return config.model_copy(update={"train": train, "tracking": tracking})
+
+
+def reseed_rollouts(
+    rng: np.random.Generator, generator: torch.Generator, local: RunConfig, step: int, context: Context
+) -> None:
+    """After a resume under torchrun, give each rank its own rollout streams again (the checkpoint
+    holds rank 0's): seeded by the rank's rollout seed and the step resumed from."""
+    if not context.active:
+        return
+    rng.bit_generator.state = np.random.default_rng([local.train.seed, step]).bit_generator.state
+    generator.manual_seed(local.train.seed * 1_000_003 + step)
+
+
+def shared_stop(signal: str | None, context: Context) -> str | None:
+    """The stop request of any rank, on every rank, so that all ranks stop after the same step."""
+    if any_rank(signal is not None, context) and signal is None:
+        return "SIGTERM"
+    return signal
+
+
+def rollout_workers(
+    local: RunConfig, components: dict[str, Any], policy: PolicyBackend, log: Callable[[str], Any] = print
+) -> Any:
+    """Ray rollout actors for this rank when ``distributed.rollout_workers > 0`` (else None)."""
+    if local.distributed.rollout_workers == 0:
+        return None
+    from pcm_core.ray_rollouts import RayRollouts
+
+    return RayRollouts(local, components, policy, log=log)
 
 
 def broadcast_object(value: Any, context: Context) -> Any:
