@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from typing import Any, Callable, Sequence
 
 import torch
@@ -97,6 +98,7 @@ class RayRollouts:
         self.version = -1
         self.weights: Any = None
         self.lost: list[int] = []
+        self._restarting: set[int] = set()  # actors lost since the last step
         self.trajectories = 0
         self.publish(policy)
 
@@ -122,6 +124,7 @@ class RayRollouts:
         from ray.exceptions import GetTimeoutError, RayActorError
 
         for attempt in range(self.max_restarts + 1):
+            self._wait_for_restarts()
             seeds = torch.randint(0, 2**62, (len(self.actors),), generator=generator).tolist()
             bounds = [sum(self.shares[:a]) for a in range(len(self.actors) + 1)]
             futures = [
@@ -134,6 +137,7 @@ class RayRollouts:
                     arrived.append(self.ray.get(future, timeout=self.timeout_s))
                 except (RayActorError, GetTimeoutError) as exc:
                     self.lost.append(a)
+                    self._restarting.add(a)
                     if isinstance(exc, GetTimeoutError):
                         self.ray.kill(self.actors[a], no_restart=False)  # a hung actor is restarted too
                     self.log(
@@ -148,6 +152,21 @@ class RayRollouts:
             f"every rollout actor was lost in {self.max_restarts + 1} attempts.\n"
             "Fix: look at the Ray logs (/tmp/ray/session_latest/logs), or --set distributed.max_restarts=N with a larger N"
         )
+
+    def _wait_for_restarts(self) -> None:
+        """Wait (up to ``rollout_timeout_s``) until the actors lost earlier answer again: calls sent to
+        an actor while Ray restarts it would fail."""
+        from ray.exceptions import GetTimeoutError, RayActorError
+
+        deadline = time.monotonic() + self.timeout_s
+        for a in sorted(self._restarting):
+            while time.monotonic() < deadline:
+                try:
+                    self.ray.get(self.actors[a].pid.remote(), timeout=max(deadline - time.monotonic(), 0.1))
+                    break
+                except (RayActorError, GetTimeoutError):
+                    time.sleep(0.5)
+        self._restarting.clear()
 
     def close(self) -> None:
         for actor in self.actors:
