@@ -4,4 +4,4 @@ Every figure is a ratio measured in one process on one batch, with only the samp
 configurations interleaved over repeats and reported as min / median / max.
 """
 
-BENCHMARKS = ("grad_update", "activation_memory", "time_to_success", "ablations")
+BENCHMARKS = ("grad_update", "activation_memory", "time_to_success", "ablations", "distributed_scaling")
