@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from pcm_core.algo.grpo import group_advantages, uniform_groups
 from pcm_core.algo.pcm import compact
 from pcm_core.config import DistributedConfig, PCMConfig, RunConfig, TrainConfig
+from pcm_core.checkpoint import Checkpoint
 from pcm_core.errors import PcmError
 from pcm_core.interfaces import BudgetSampler, PhaseSegmenter, PolicyBackend, VarianceProxy
 from pcm_core.learner import Learner, SelectionResult
@@ -115,13 +116,47 @@ def local_config(config: RunConfig, context: Context) -> RunConfig:
     return config.model_copy(update={"train": train, "tracking": tracking})
 
 
-def reseed_rollouts(
-    rng: np.random.Generator, generator: torch.Generator, local: RunConfig, step: int, context: Context
+def full_tensors(saved: Checkpoint, context: Context) -> Checkpoint:
+    """The checkpoint with every sharded (FSDP) tensor gathered into a full one; every rank calls
+    this, in the same order, before rank 0 writes. Checkpoints never depend on the number of ranks."""
+    if context.active:
+        for group in saved.tensors.values():
+            for name, value in group.items():
+                if hasattr(value, "full_tensor"):
+                    group[name] = value.full_tensor()
+    return saved
+
+
+def before_restore(saved: Checkpoint, learner: Learner) -> None:
+    """Under FSDP: lay the checkpoint's full policy and optimizer tensors out like the learner's
+    sharded parameters (``DTensor``), so that ``load_state_dict`` takes them."""
+    if not isinstance(learner, DistributedLearner) or learner.strategy != "fsdp":
+        return
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    learner.reshard_all()
+    params = dict(learner.wrapper.policy_module.named_parameters())
+    policy = saved.tensors["policy"]
+    for name, value in policy.items():
+        if isinstance(params.get(name), DTensor):
+            policy[name] = distribute_tensor(value, params[name].device_mesh, params[name].placements)
+    ordered = [p for group in learner.optimizer.param_groups for p in group["params"]]
+    optimizer = saved.tensors["optimizer"]
+    for key, value in optimizer.items():
+        param = ordered[int(key.split("/")[1])]
+        if isinstance(param, DTensor) and tuple(value.shape) == tuple(param.shape):
+            optimizer[key] = distribute_tensor(value, param.device_mesh, param.placements)
+
+
+def after_restore(
+    learner: Learner, rng: np.random.Generator, generator: torch.Generator, local: RunConfig, step: int, context: Context
 ) -> None:
-    """After a resume under torchrun, give each rank its own rollout streams again (the checkpoint
-    holds rank 0's): seeded by the rank's rollout seed and the step resumed from."""
+    """After a resume under torchrun: gather FSDP weights for the rollouts again, and give each rank
+    its own rollout streams (the checkpoint holds rank 0's), seeded by its rollout seed and the step."""
     if not context.active:
         return
+    if isinstance(learner, DistributedLearner) and learner.strategy == "fsdp":
+        learner.unshard_all()
     rng.bit_generator.state = np.random.default_rng([local.train.seed, step]).bit_generator.state
     generator.manual_seed(local.train.seed * 1_000_003 + step)
 
@@ -131,6 +166,23 @@ def shared_stop(signal: str | None, context: Context) -> str | None:
     if any_rank(signal is not None, context) and signal is None:
         return "SIGTERM"
     return signal
+
+
+def release(learner: Learner) -> None:
+    """End of training under FSDP: the policy holds plain full tensors again (FSDP's unsharded
+    parameters are views into its all-gather buffers, which ``policy.save`` cannot write). Every rank
+    calls this; shared parameters stay shared."""
+    if not isinstance(learner, DistributedLearner) or learner.strategy != "fsdp":
+        return
+    plain: dict[int, nn.Parameter] = {}
+    for module in learner.wrapper.policy_module.modules():
+        for name, param in list(module._parameters.items()):
+            if param is None:
+                continue
+            if id(param) not in plain:
+                full = param.full_tensor() if hasattr(param, "full_tensor") else param
+                plain[id(param)] = nn.Parameter(full.detach().clone(), requires_grad=param.requires_grad)
+            module._parameters[name] = plain[id(param)]
 
 
 def rollout_workers(
@@ -301,8 +353,8 @@ class DistributedLearner(Learner):
     """:class:`~pcm_core.learner.Learner` on one rank's share of the global batch (see the module docstring).
 
     ``strategy`` ``ddp`` keeps a full replica per rank; ``fsdp`` shards parameters, gradients and
-    optimizer state with FSDP2 ``fully_shard`` (every ``nn.ModuleList`` entry, e.g. a transformer
-    block, is its own unit) and gathers the full weights after each update for the rollouts.
+    optimizer state with FSDP2 ``fully_shard`` (the whole policy is one unit) and gathers the full
+    weights after each update for the rollouts.
     """
 
     def __init__(
@@ -342,22 +394,26 @@ class DistributedLearner(Learner):
         from torch.distributed.fsdp import fully_shard
 
         mesh = init_device_mesh(device.type, (self.context.world_size,))
-        for module in list(wrapper.modules()):
-            if isinstance(module, nn.ModuleList):
-                for block in module:
-                    fully_shard(block, mesh=mesh)
-        fully_shard(wrapper, mesh=mesh)
-        self._unshard_all(wrapper)
+        fully_shard(wrapper, mesh=mesh)  # one unit: rollouts call the policy's blocks outside FSDP's hooks
+        self.wrapper = wrapper
+        self.unshard_all()
         return wrapper
 
-    @staticmethod
-    def _unshard_all(wrapper: nn.Module) -> None:
-        """Gather every FSDP unit's full weights so the policy can act between updates."""
+    def unshard_all(self) -> None:
+        """FSDP: gather every unit's full weights so the policy can act between updates."""
         from torch.distributed.fsdp import FSDPModule
 
-        for module in wrapper.modules():
+        for module in self.wrapper.modules():
             if isinstance(module, FSDPModule):
                 module.unshard()
+
+    def reshard_all(self) -> None:
+        """FSDP: back to sharded parameters (``DTensor``), e.g. to load a checkpoint."""
+        from torch.distributed.fsdp import FSDPModule
+
+        for module in self.wrapper.modules():
+            if isinstance(module, FSDPModule):
+                module.reshard()
 
     def _trajectory_offset(self, num_local: int) -> tuple[int, int]:
         """(index of this rank's first trajectory in the global batch, global ``N``)."""
@@ -417,7 +473,7 @@ class DistributedLearner(Learner):
     def update(self, batch: RolloutBatch, timer: Any) -> dict[str, float]:
         metrics = super().update(batch, timer)
         if self.strategy == "fsdp":
-            self._unshard_all(self.wrapper)
+            self.unshard_all()
         return metrics
 
     def _metrics(

@@ -276,8 +276,9 @@ def train(
         learner = distributed.make_learner(context, config, policy, parts["segmenter"], parts["proxy"], parts["sampler"])
         first_step = 1
         if resume is not None:
+            distributed.before_restore(resume, learner)
             restore(resume, learner, env, rng, generator)
-            distributed.reseed_rollouts(rng, generator, local, resume.step, context)
+            distributed.after_restore(learner, rng, generator, local, resume.step, context)
             result.history = list(resume.state["history"])
             first_step = resume.step + 1
             console.print(f"resuming {run_dir} from step {resume.step}")
@@ -297,7 +298,7 @@ def train(
         rollouts = distributed.rollout_workers(local, components, policy, log=console.print)
 
         def save(step: int) -> Path:
-            saved = capture(step, config, learner, env, rng, generator, result.history, tracker.run_id)
+            saved = distributed.full_tensors(capture(step, config, learner, env, rng, generator, result.history, tracker.run_id), context)
             if not context.is_main:  # rank 0 writes the checkpoint
                 return run_dir / checkpoint.CHECKPOINTS / f"step_{step:06d}"
             return checkpoint.save(run_dir, saved, keep=config.train.keep_checkpoints)
@@ -345,6 +346,7 @@ def train(
             console.print(f"stopped by {stop.signal} after step {step}; checkpoint: {path}", soft_wrap=True)
             console.print(f"resume with: pcm-run --resume {path}", soft_wrap=True, markup=False, highlight=False)
             return result
+        distributed.release(learner)
         if context.is_main:
             _write_artifacts(result, policy, last_batch, tracker)
         hooks.pcm_on_run_end(summary={"run_dir": str(run_dir), "history": result.history})
