@@ -387,6 +387,8 @@ class DistributedLearner(Learner):
             wrapper = DistributedDataParallel(wrapper, device_ids=device_ids)
         self.wrapper = wrapper
         self.policy = RoutedPolicy(policy, wrapper)  # type: ignore[assignment]
+        if strategy == "fsdp":
+            self.unshard_all()  # after the optimizer took the sharded parameters: full weights to act
         self._global_counts = torch.zeros(6, dtype=torch.float64)
 
     def _shard(self, wrapper: nn.Module, device: torch.device) -> nn.Module:
@@ -395,8 +397,6 @@ class DistributedLearner(Learner):
 
         mesh = init_device_mesh(device.type, (self.context.world_size,))
         fully_shard(wrapper, mesh=mesh)  # one unit: rollouts call the policy's blocks outside FSDP's hooks
-        self.wrapper = wrapper
-        self.unshard_all()
         return wrapper
 
     def unshard_all(self) -> None:
