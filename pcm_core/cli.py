@@ -41,11 +41,21 @@ def run(
         None, "--resume", help="Continue a run: 'latest' (newest under train.output_dir), a run folder or a checkpoint. "
         "Its saved config is used; --set still overrides (e.g. train.steps)."
     ),
+    nproc: int = typer.Option(
+        1, "--nproc", min=1, help="Learner processes on this machine: launches torchrun (one per GPU; gloo on CPU)."
+    ),
+    rollout_workers: Optional[int] = typer.Option(
+        None, "--rollout-workers", min=0, help="Ray rollout actors (needs the [distributed] extra); same as "
+        "--set distributed.rollout_workers=N."
+    ),
 ) -> None:
     """Train on the embedded default, or on what --config / --env / --policy name."""
     if ctx.invoked_subcommand is not None:
         return
     from pcm_core.config import load_config, resolve_components
+
+    if rollout_workers is not None:
+        overrides = [*overrides, f"distributed.rollout_workers={rollout_workers}"]
 
     resolved_config = load_config(config, overrides, env=env, policy=policy)
     saved = None
@@ -62,6 +72,12 @@ def run(
         names = ", ".join(f"{kind}={c.name}" for kind, c in components.items())
         out.print(f"config valid: {names}", markup=False, highlight=False, soft_wrap=True)
         return
+    if nproc > 1:
+        from pcm_core.launch import torchrun
+
+        options = {"--config": config, "--env": env, "--policy": policy, "--resume": resume}
+        args = [arg for name, value in options.items() if value is not None for arg in (name, str(value))]
+        sys.exit(torchrun(nproc, [*args, *(arg for text in overrides for arg in ("--set", text))]))
     from pcm_core.runner import train
 
     train(resolved_config, components, console=out, resume=saved)

@@ -110,12 +110,23 @@ class TrackingConfig(Section):
     run_name: str | None = Field(None)
 
 
+class DistributedConfig(Section):
+    strategy: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="learner data parallelism under torchrun: ddp (replicated weights) or fsdp (FSDP2 fully_shard)"
+    )
+    backend: Literal["auto", "gloo", "nccl"] = Field("auto", description="torch.distributed backend (auto: nccl on CUDA, else gloo)")
+    rollout_workers: int = Field(0, ge=0, description="Ray rollout actors (0: rollouts in the training process)")
+    max_restarts: int = Field(3, ge=0, description="times Ray restarts a lost rollout actor")
+    rollout_timeout_s: float = Field(600.0, gt=0.0, description="a rollout step waits this long for its actors")
+
+
 class RunConfig(Section):
     env: EnvConfig = Field(default_factory=EnvConfig)
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     pcm: PCMConfig = Field(default_factory=PCMConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
 
 
 def _model_at(loc: tuple) -> type[BaseModel] | None:

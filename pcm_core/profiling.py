@@ -45,7 +45,8 @@ class SavedActivationMeter:
     """
 
     def __init__(self, module: nn.Module) -> None:
-        self._parameter_storages = {p.untyped_storage().data_ptr() for p in module.parameters()}
+        local = [p.to_local() if hasattr(p, "to_local") else p for p in module.parameters()]  # FSDP: this rank's shard
+        self._parameter_storages = {p.untyped_storage().data_ptr() for p in local}
         self.total_bytes = 0
         self.peak_bytes = 0
 

@@ -9,7 +9,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -17,7 +17,7 @@ import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from pcm_core import checkpoint
+from pcm_core import checkpoint, distributed
 from pcm_core.algo.grpo import uniform_groups
 from pcm_core.config import ResolvedComponent, RunConfig
 from pcm_core.errors import PcmError
@@ -67,12 +67,14 @@ def draw_groups(rng: np.random.Generator, env: EnvBackend, count: int) -> list[G
 
 
 def collect_step(
-    env: EnvBackend, policy: PolicyBackend, config: RunConfig, rng: np.random.Generator, generator: torch.Generator
+    env: EnvBackend, policy: PolicyBackend, config: RunConfig, rng: np.random.Generator, generator: torch.Generator,
+    collector: Callable[..., RolloutBatch] = collect,
 ) -> RolloutBatch:
     """One step's groups; with dynamic sampling, groups with equal outcomes are replaced by
-    fresh ones (up to 3 extra rounds) so that every group carries a learning signal."""
+    fresh ones (up to 3 extra rounds) so that every group carries a learning signal.
+    ``collector`` runs the episodes (:func:`~pcm_core.rollout.collect`, or Ray rollout actors)."""
     train = config.train
-    batch = collect(env, policy, draw_groups(rng, env, train.tasks_per_step), train.group_size, generator)
+    batch = collector(env, policy, draw_groups(rng, env, train.tasks_per_step), train.group_size, generator)
     if not train.dynamic_sampling:
         return batch
     kept = [batch.select_trajectories(_mixed_members(batch))]
@@ -80,7 +82,7 @@ def collect_step(
     for _ in range(3):
         if have >= train.tasks_per_step:
             break
-        extra = collect(env, policy, draw_groups(rng, env, train.tasks_per_step), train.group_size, generator)
+        extra = collector(env, policy, draw_groups(rng, env, train.tasks_per_step), train.group_size, generator)
         kept.append(extra.select_trajectories(_mixed_members(extra)))
         have += int(kept[-1].group_index.unique().numel()) if kept[-1].num_trajectories else 0
     kept = [b for b in kept if b.num_trajectories]
@@ -256,6 +258,10 @@ def train(
     if config.train.threads is not None:
         torch.set_num_threads(config.train.threads)
     device = resolve_device(config.train.device)
+    context, device = distributed.setup(config.distributed, device)  # under torchrun: this rank's device
+    local = distributed.local_config(config, context)  # this rank's groups, rollout seed and tracking
+    if not context.is_main:
+        console = Console(quiet=True)
     if resume is not None:
         assert resume.path is not None
         run_dir = resume.path.parent.parent
@@ -266,27 +272,31 @@ def train(
             )
         run_dir.mkdir(parents=True, exist_ok=True)
     else:
-        run_dir = _new_run_dir(Path(config.train.output_dir))
-    parts = build(components, config, device)
+        run_dir = distributed.broadcast_object(_new_run_dir(Path(config.train.output_dir)) if context.is_main else None, context)
+    parts = build(components, local, device)
     env, policy = parts["env"], parts["policy"]
     hooks = get_registry().hook()
-    tracker = Tracker(config.tracking, local_dir=run_dir / "mlruns", log=console.print)
+    tracker = Tracker(local.tracking, local_dir=run_dir / "mlruns", log=console.print)
     result = RunResult(run_dir)
-    rng = np.random.default_rng(config.train.seed)
-    generator = torch.Generator().manual_seed(config.train.seed)
+    rng = np.random.default_rng(local.train.seed)
+    generator = torch.Generator().manual_seed(local.train.seed)
+    rollouts = None
     try:
-        if resume is None and config.train.sft.enabled and getattr(policy.options, "path", None) is None:
-            warm_start(policy, env, config, log=console.print)
-        learner = Learner(policy, parts["segmenter"], parts["proxy"], parts["sampler"], config.pcm, config.train)
+        if resume is None and config.train.sft.enabled and getattr(policy.options, "path", None) is None and context.is_main:
+            warm_start(policy, env, config, log=console.print)  # other ranks receive rank 0's weights
+        learner = distributed.make_learner(context, config, policy, parts["segmenter"], parts["proxy"], parts["sampler"])
         first_step = 1
         if resume is not None:
+            distributed.before_restore(resume, learner)
             restore(resume, learner, env, rng, generator)
+            distributed.after_restore(learner, rng, generator, local, resume.step, context)
             result.history = list(resume.state["history"])
             first_step = resume.step + 1
             console.print(f"resuming {run_dir} from step {resume.step}")
         tracker.start(config.model_dump(mode="json"), run_id=resume.state.get("run_id") if resume else None)
         result.run_id, result.tracking_uri = tracker.run_id, tracker.uri
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+        if context.is_main:
+            (run_dir / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
         hooks.pcm_on_run_start(config=config, run_dir=str(run_dir))
 
         if resume is None:
@@ -296,9 +306,12 @@ def train(
             console.print(f"warm start eval success: {initial['eval_success_rate']:.2f}")
         evals = [row["eval_success_rate"] for row in result.history if "eval_success_rate" in row]
         last_batch = None
+        rollouts = distributed.rollout_workers(local, components, policy, log=console.print)
 
         def save(step: int) -> Path:
-            saved = capture(step, config, learner, env, rng, generator, result.history, tracker.run_id)
+            saved = distributed.full_tensors(capture(step, config, learner, env, rng, generator, result.history, tracker.run_id), context)
+            if not context.is_main:  # rank 0 writes the checkpoint
+                return run_dir / checkpoint.CHECKPOINTS / f"step_{step:06d}"
             return checkpoint.save(run_dir, saved, keep=config.train.keep_checkpoints)
 
         step = first_step - 1
@@ -310,10 +323,12 @@ def train(
             for step in range(first_step, config.train.steps + 1):
                 timer = StepTimer()
                 with timer.section("rollout", device):
-                    last_batch = collect_step(env, policy, config, rng, generator)
+                    last_batch = collect_step(env, policy, local, rng, generator, rollouts.collect if rollouts else collect)
                 metrics = learner.update(last_batch, timer)
                 metrics["faults/env_restarts"] = float(getattr(env, "restarts", 0))
                 metrics["faults/dropped_trajectories"] = float(last_batch.dropped)
+                if rollouts is not None:  # the new weights go to the rollout actors
+                    metrics.update(rollouts.publish(policy))
                 metrics.update(timer.metrics())
                 metrics["time/step_s"] = sum(timer.seconds.values())
                 every = config.train.eval_every
@@ -332,6 +347,7 @@ def train(
                         f"stopped at step {step}, last good weights in {path}.\n"
                         f"Fix: lower train.lr or train.max_grad_norm, then: pcm-run --resume {path}"
                     )
+                stop.signal = distributed.shared_stop(stop.signal, context)
                 every = config.train.checkpoint_every
                 if stop.signal is not None or (every and step % every == 0) or step == config.train.steps:
                     path = save(step)
@@ -343,7 +359,9 @@ def train(
             console.print(f"stopped by {stop.signal} after step {step}; checkpoint: {path}", soft_wrap=True)
             console.print(f"resume with: pcm-run --resume {path}", soft_wrap=True, markup=False, highlight=False)
             return result
-        _write_artifacts(result, policy, last_batch, tracker)
+        distributed.release(learner)
+        if context.is_main:
+            _write_artifacts(result, policy, last_batch, tracker)
         hooks.pcm_on_run_end(summary={"run_dir": str(run_dir), "history": result.history})
         tracker.end()
     except BaseException:
@@ -351,6 +369,9 @@ def train(
         raise
     finally:
         env.close()
+        if rollouts is not None:
+            rollouts.close()
+        distributed.shutdown(context)
     _print_summary(console, result, tracker)
     return result
 

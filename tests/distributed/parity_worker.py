@@ -1,0 +1,90 @@
+"""One rank of the learner parity test: a float64 tiny policy trained on its share of a fixed global batch."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "algo"))
+from tiny_policy import TinyPolicy, make_batch  # noqa: E402
+
+from pcm_core.config import PCMConfig, TrainConfig  # noqa: E402
+from pcm_core.profiling import StepTimer  # noqa: E402
+from pcm_phases.proxies import SuccessFailureProxy  # noqa: E402
+from pcm_phases.samplers import AllSampler, PCMSampler  # noqa: E402
+from pcm_phases.segmenters import GripperSegmenter  # noqa: E402
+
+STEPS = 2
+
+
+class TinyBackend:
+    """The parts of a PolicyBackend the learner uses, around :class:`TinyPolicy` (features in ``obs``)."""
+
+    def __init__(self, seed: int = 0) -> None:
+        self.net = TinyPolicy(seed)
+
+    @property
+    def module(self) -> torch.nn.Module:
+        return self.net
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    def log_probs(self, obs: dict[str, torch.Tensor], instructions: list[str], tokens: torch.Tensor) -> torch.Tensor:
+        return self.net.log_probs(obs["feature"], tokens)
+
+
+def global_batch(step: int):
+    """4 groups of 2 with mixed outcomes in 3 of them; a different batch at each step."""
+    return make_batch([6, 9, 4, 8, 9, 5, 7, 3], [1, 0, 0, 1, 1, 1, 0, 1], [0, 0, 1, 1, 2, 2, 3, 3], seed=step)
+
+
+def parts(sampler: str):
+    pcm = PCMConfig(budget=3, sampler=sampler, segmenter_options={"num_phases": 3})
+    train = TrainConfig(lr=0.05, micro_batch_size=3, max_grad_norm=1e9, seed=7)
+    segmenter = GripperSegmenter(GripperSegmenter.Options(num_phases=3))
+    proxy = SuccessFailureProxy(SuccessFailureProxy.Options())
+    chosen = PCMSampler(PCMSampler.Options()) if sampler == "pcm" else AllSampler(AllSampler.Options())
+    return segmenter, proxy, chosen, pcm, train
+
+
+def train_steps(learner, shard) -> dict:
+    """``STEPS`` updates; returns losses, q after each step and the final flat parameters."""
+    losses, qs = [], []
+    for step in range(STEPS):
+        batch = global_batch(step)
+        metrics = learner.update(shard(batch), StepTimer())
+        losses.append(metrics["loss"])
+        qs.append(learner.keep_probs.q.clone())
+    params = torch.cat([p.detach().flatten() for p in learner.policy.module.parameters()])
+    return {"loss": losses, "q": torch.stack(qs), "params": params}
+
+
+def run_rank(rank: int, world_size: int, sampler: str, strategy: str, folder: str) -> None:
+    """Entry point for ``torch.multiprocessing.spawn``: writes ``rank_<r>.pt`` into ``folder``."""
+    import torch.distributed as dist
+
+    from pcm_core.distributed import Context, DistributedLearner, group_shard
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=world_size)
+    context = Context(rank, world_size, rank, active=True)
+    segmenter, proxy, chosen, pcm, train = parts(sampler)
+    learner = DistributedLearner(TinyBackend(), segmenter, proxy, chosen, pcm, train, context, strategy)
+    result = train_steps(learner, lambda b: b.select_trajectories(group_shard(b.group_index, rank, world_size)))
+    if strategy == "fsdp":
+        result["params"] = torch.cat([p.detach().flatten() for p in learner.wrapper.parameters()])
+    torch.save(result, f"{folder}/rank_{rank}.pt")
+    dist.destroy_process_group()
+
+
+def run_single(sampler: str) -> dict:
+    """The plain one-process learner on the whole global batch."""
+    from pcm_core.learner import Learner
+
+    segmenter, proxy, chosen, pcm, train = parts(sampler)
+    learner = Learner(TinyBackend(), segmenter, proxy, chosen, pcm, train)
+    return train_steps(learner, lambda b: b)
