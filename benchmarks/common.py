@@ -54,12 +54,17 @@ def stats(values: Sequence[float]) -> dict[str, float]:
     return {"min": min(values), "median": statistics.median(values), "max": max(values), "n": len(values)}
 
 
+SIZED_LAYOUT = ["policy.options.queries=token", "policy.options.patch_size=16", "policy.options.max_instruction_tokens=16"]
+"""The tinyvla layout of every ``size`` benchmark: one query per action token (OpenVLA-OFT's
+parallel decoding, 28 of a 62-token sequence), the layout their published figures were taken with."""
+
+
 def config_for(
     sampler: str = "pcm", budget: int = 12, size: str | None = "1m", base: str | Path | None = None, overrides: Sequence[str] = ()
 ) -> RunConfig:
-    """The embedded default (tabletop + tinyvla of ``size``; None: the default policy options) with
-    ``sampler`` and ``budget``."""
-    sized = [f"policy.options.size={size}"] if size is not None else []
+    """The embedded default (tabletop + tinyvla of ``size`` in :data:`SIZED_LAYOUT`; None: the
+    default policy options) with ``sampler`` and ``budget``."""
+    sized = [f"policy.options.size={size}", *SIZED_LAYOUT] if size is not None else []
     return load_config(base, [f"pcm.sampler={sampler}", f"pcm.budget={budget}", *sized, "tracking.enabled=false", *overrides])
 
 

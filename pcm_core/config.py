@@ -72,11 +72,15 @@ class SFTConfig(Section):
 
 
 class TrainConfig(Section):
-    steps: int = Field(30, gt=0, description="RL steps")
+    steps: int = Field(50, gt=0, description="RL steps")
     seed: int = Field(0, ge=0)
     tasks_per_step: int = Field(8, gt=0, description="M: groups (task + initial state) per step")
     group_size: int = Field(8, ge=2, description="G: trajectories per group")
     lr: float = Field(1e-4, gt=0.0)
+    warmup_steps: int = Field(
+        10, ge=0, description="optimizer updates over which the learning rate ramps linearly up to lr "
+        "(Adam's first updates are sign-like: full-size steps of pure noise on a sharp warm start)"
+    )
     weight_decay: float = Field(0.0, ge=0.0)
     clip_low: float = Field(0.2, gt=0.0, lt=1.0, description="eps_low of the PPO clip")
     clip_high: float = Field(0.28, gt=0.0, description="eps_high (clip-higher, >= clip_low)")

@@ -92,6 +92,14 @@ class EnvBackend(Component):
     def step(self, actions: np.ndarray) -> StepResult:
         """Apply ``actions`` ``[B, D]`` and advance every env that is not done."""
 
+    def step_chunk(self, actions: np.ndarray) -> list[StepResult]:
+        """Apply the K actions of a chunk ``[B, K, D]`` in order: one :class:`StepResult` per action.
+
+        Rollouts read only the last result's ``obs``; an env may leave the others' ``obs`` empty
+        to skip rendering observations that no policy sees.
+        """
+        return [self.step(actions[:, k]) for k in range(actions.shape[1])]
+
     def expert_actions(self) -> np.ndarray | None:
         """``[B, D]`` a scripted expert's next action for every env (for SFT warm starts),
         or None when the environment has no expert."""

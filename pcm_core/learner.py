@@ -129,6 +129,7 @@ class Learner:
             with timer.section("forward_backward", device):
                 losses = self.backward(result.batch)
             with timer.section("optimizer", device):
+                self._set_learning_rate()
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.module.parameters(), self.train.max_grad_norm)
                 if math.isfinite(losses["loss"]) and bool(torch.isfinite(grad_norm)):
                     self.optimizer.step()
@@ -139,6 +140,15 @@ class Learner:
                 self.optimizer.zero_grad(set_to_none=True)
         self.policy.module.eval()
         return self._metrics(batch, result, losses, float(grad_norm), device)
+
+    def _set_learning_rate(self) -> None:
+        """``lr * min(1, (u + 1) / warmup_steps)`` for the ``u``-th applied update (counted by the
+        optimizer's own state, so a resumed run continues the ramp where it stopped)."""
+        applied = max((int(state["step"]) for state in self.optimizer.state.values() if "step" in state), default=0)
+        warmup = self.train.warmup_steps
+        scale = min(1.0, (applied + 1) / warmup) if warmup > 0 else 1.0
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.train.lr * scale
 
     def _metrics(
         self, batch: RolloutBatch, result: SelectionResult, losses: dict[str, float], grad_norm: float, device: torch.device
@@ -155,6 +165,7 @@ class Learner:
             "loss": losses.get("loss", 0.0),
             "clip_fraction": losses.get("clip_fraction", 0.0),
             "grad_norm": grad_norm,
+            "learning_rate": float(self.optimizer.param_groups[0]["lr"]),
             "faults/skipped_updates": float(self.skipped_updates),
             "saved_activation_bytes": float(self.meter.total_bytes),
             "peak_saved_activation_bytes": float(self.meter.peak_bytes),

@@ -112,16 +112,14 @@ def _run_episodes(
         out = policy.act(obs_t, instructions, generator=generator, greedy=greedy)
         actions = out.actions.float().cpu()
         lengths += alive
-        chunk_info: dict[str, np.ndarray] | None = None
-        for k in range(chunk_size):
-            result = env.step(actions[:, k].numpy())
+        results = env.step_chunk(actions.numpy())
+        for result in results:
             success |= result.success & alive
-            if chunk_info is None:
-                chunk_info = result.info
             alive &= ~result.done
             if result.lost is not None:
                 lost |= result.lost
-            obs = result.obs
+        chunk_info = results[0].info
+        obs = results[-1].obs
         steps.append(
             {
                 "obs": {key: value.cpu() for key, value in obs_t.items()},
@@ -131,7 +129,7 @@ def _run_episodes(
                 "entropy": out.entropy.float().cpu(),
             }
         )
-        infos.append(chunk_info or {})
+        infos.append(chunk_info)
 
     def stack(values: list[Tensor]) -> Tensor:
         return torch.stack(values, dim=1)  # [N, T, ...]

@@ -108,9 +108,15 @@ def behaviour_clone(
     seed: int,
     on_epoch: Callable[[int, float], Any] | None = None,
 ) -> float:
-    """Minimise the token cross-entropy ``-log pi(tokens(a*) | o)`` over the demonstrations."""
+    """Minimise the token cross-entropy ``-log pi(tokens(a*) | o)`` over the demonstrations.
+
+    AdamW with the learning rate decayed from ``lr`` to 0 on a cosine over all updates: the last
+    updates, at a small rate, sharpen the action-token distributions the grasp needs.
+    """
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(policy.module.parameters(), lr=lr)
+    updates = epochs * math.ceil(len(actions) / batch_size)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 0.5 * (1.0 + math.cos(math.pi * i / updates)))
     targets = policy.actions_to_tokens(actions)  # [S, L]
     device = policy.device
     policy.module.train()
@@ -126,6 +132,7 @@ def behaviour_clone(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            schedule.step()
             total += float(loss.detach()) * len(index)
             count += len(index)
         mean_loss = total / max(count, 1)

@@ -27,6 +27,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
+from pcm_core.categorical import sample_tokens
 from pcm_core.interfaces import Options, PolicyBackend
 from pcm_core.types import ActionSpec, PolicyOutput
 
@@ -228,12 +229,7 @@ class OpenVLAPolicy(PolicyBackend):
 
     def _sample(self, log_p: Tensor, generator: torch.Generator | None, greedy: bool) -> Tensor:
         """Slots ``[B, L]`` drawn from ``log_p`` ``[B, L, n_bins]``."""
-        if greedy:
-            return log_p.argmax(dim=-1)
-        flat = log_p.exp().flatten(0, 1)
-        if generator is not None:
-            flat = flat.to(generator.device)
-        return torch.multinomial(flat, 1, generator=generator).reshape(log_p.shape[:2]).to(log_p.device)
+        return sample_tokens(log_p, generator, greedy)
 
     def token_log_probs(self, obs: dict[str, Tensor], instructions: list[str], tokens: Tensor) -> Tensor:
         """``[B, L, n_bins]`` action-token log-probs with the given ``tokens`` as teacher input."""

@@ -30,8 +30,10 @@ block follows the gripper (centred on it, aligned with its yaw) and is dropped w
 opens. Success: the named block is not held and its centre lies within ``target_radius`` of the
 named plate (normally after a drop; a block knocked onto the plate counts too).
 
-Episodes have a fixed horizon: ``done`` is True exactly at ``max_steps`` (256), for every episode.
-``success`` is reported every step and stays True once achieved.
+An episode ends (``done``) at its first success, as LIBERO's do, or at ``max_steps`` (256) env
+steps. Nothing after a success can change the outcome, so those chunks would only add noise to
+the policy gradient (set ``end_on_success: false`` for a fixed horizon, where a solved episode
+runs on to ``max_steps``). ``success`` stays True once achieved.
 
 Phase labels (``info["phase"]``, computed from the state after each step, relative to the named
 block and plate):
@@ -137,6 +139,7 @@ class TabletopOptions(Options):
         True, description="add obs['state'] (named block pose, plate position): a training aid for tiny policies"
     )
     expert_noise: float = Field(0.0, ge=0.0, description="std of Gaussian noise added to every expert action")
+    end_on_success: bool = Field(True, description="an episode is done at its first success (else only at max_steps)")
 
     @field_validator("tasks")
     @classmethod
@@ -217,12 +220,22 @@ class TabletopEnv(EnvBackend):
 
     def step(self, actions: np.ndarray) -> StepResult:
         """Apply ``actions`` ``[B, 7]`` to every env that is not done (see the module docstring)."""
+        return self._advance(actions, observe=True)
+
+    def step_chunk(self, actions: np.ndarray) -> list[StepResult]:
+        """Apply a chunk ``[B, K, 7]``; only the last result carries observations (rendering the
+        image is most of a step's cost)."""
+        last = actions.shape[1] - 1
+        return [self._advance(actions[:, k], observe=k == last) for k in range(last + 1)]
+
+    def _advance(self, actions: np.ndarray, observe: bool) -> StepResult:
+        """One step of every env; ``obs`` is empty unless ``observe``."""
         if not self._started:
             raise RuntimeError("call reset() before step()")
         actions = np.asarray(actions, dtype=np.float64)
         if actions.shape != (self.num_envs, 7):
             raise ValueError(f"actions must be [{self.num_envs}, 7], got {list(actions.shape)}")
-        active = self.steps < self.max_steps  # [B]
+        active = ~self._done()  # [B]
         a = np.clip(np.nan_to_num(actions), -1.0, 1.0)
         opt = self.options
 
@@ -240,8 +253,14 @@ class TabletopEnv(EnvBackend):
 
         self.success |= active & (self.held != self.task_obj) & self._on_target()
         self.steps += active
+        done = self._done()
+        obs = self._observe() if observe else {}
+        return StepResult(obs=obs, success=self.success.copy(), done=done, info=self._info())
+
+    def _done(self) -> np.ndarray:
+        """``[B]`` bool, the episode is over: ``max_steps`` reached, or solved with ``end_on_success``."""
         done = self.steps >= self.max_steps
-        return StepResult(obs=self._observe(), success=self.success.copy(), done=done, info=self._info())
+        return done | self.success if self.options.end_on_success else done
 
     def _grasp(self, closing: np.ndarray) -> None:
         """Grasp attempts of the envs in ``closing`` ``[B]``: grasp the nearest block when aligned,

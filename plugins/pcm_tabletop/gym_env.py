@@ -57,7 +57,8 @@ class TabletopGymEnv(gymnasium.Env):
         info = {key: value[0].item() for key, value in result.info.items()}
         success = bool(result.success[0])
         info["success"] = success
-        return self._first(result.obs), float(success), False, bool(result.done[0]), info
+        terminated = success and self.env.options.end_on_success
+        return self._first(result.obs), float(success), terminated, bool(result.done[0]) and not terminated, info
 
     def expert_action(self) -> np.ndarray:
         """``[7]`` the scripted expert's action (noise from the ``expert_noise`` option)."""

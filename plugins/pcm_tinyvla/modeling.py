@@ -2,12 +2,14 @@
 
 One forward pass reads the sequence
 
-    [image patch tokens (N_p), state tokens (N_s), instruction tokens (T), action queries (L = K * D)]
+    [image patch tokens (N_p), state tokens (N_s), instruction tokens (T), action queries (Q)]
 
-through a ``LlamaModel`` (causal attention, RoPE) and a dedicated 256-way head over the L query
-positions gives the logits of every action token of the chunk at once (OpenVLA-OFT's parallel
-decoding: the queries are learned embeddings, not previously sampled tokens, so all K * D tokens
-come from one pass). Token ids are bin ids ``0..255`` (see :mod:`pcm_tinyvla.binning`); there is no
+through a ``LlamaModel`` (causal attention, RoPE), and a dedicated head over the Q query positions
+gives the 256-way logits of every action token of the chunk at once (OpenVLA-OFT's parallel
+decoding: the queries are learned embeddings, not previously sampled tokens, so all L = K * D
+tokens come from one pass). ``queries="token"`` has one query per action token (Q = L, a 256-way
+head, OpenVLA-OFT's layout); ``queries="action"`` has one query per action (Q = K) and a
+``D x 256``-way head, the same family of distributions from a sequence 24 tokens shorter at K=4, D=7. Token ids are bin ids ``0..255`` (see :mod:`pcm_tinyvla.binning`); there is no
 shared language-model vocabulary. The instruction embedding table is the Llama ``embed_tokens``.
 """
 
@@ -35,6 +37,7 @@ class TinyVLAConfig(PretrainedConfig):
             skipped). max_state_dim: widest state vector; narrower ones are zero-padded.
         vocab_size: instruction vocabulary size. max_instruction_tokens: T, fixed padded length.
         num_bins: action bins per token (256).
+        queries: ``"token"`` (one query per action token) or ``"action"`` (one per action).
     """
 
     model_type = "tinyvla"
@@ -52,6 +55,7 @@ class TinyVLAConfig(PretrainedConfig):
     vocab_size: int = len(VOCABULARY)
     max_instruction_tokens: int = 16
     num_bins: int = NUM_BINS
+    queries: str = "token"
     initializer_range: float = 0.02
     rms_norm_eps: float = 1e-6
 
@@ -65,6 +69,13 @@ class TinyVLAConfig(PretrainedConfig):
         """L = K * D action tokens per chunk."""
         return self.chunk_size * self.action_dim
 
+    @property
+    def num_queries(self) -> int:
+        """Q, action-query positions in the sequence: L (``queries="token"``) or K (``"action"``)."""
+        if self.queries not in ("token", "action"):
+            raise ValueError(f"queries must be 'token' or 'action', got {self.queries!r}")
+        return self.tokens_per_chunk if self.queries == "token" else self.chunk_size
+
     def llama_config(self) -> LlamaConfig:
         """The configuration of the Llama trunk (no KV cache: every call is one full pass)."""
         return LlamaConfig(
@@ -77,7 +88,7 @@ class TinyVLAConfig(PretrainedConfig):
             max_position_embeddings=self.num_patches
             + len(self.state_keys)
             + self.max_instruction_tokens
-            + self.tokens_per_chunk,
+            + self.num_queries,
             initializer_range=self.initializer_range,
             rms_norm_eps=self.rms_norm_eps,
             pad_token_id=0,
@@ -101,9 +112,9 @@ class TinyVLAForActionPrediction(PreTrainedModel):
         self.patch_embed = nn.Conv2d(3, hidden, kernel_size=config.patch_size, stride=config.patch_size)
         self.patch_position = nn.Parameter(torch.zeros(config.num_patches, hidden))
         self.state_proj = nn.ModuleDict({key: nn.Linear(config.max_state_dim, hidden) for key in config.state_keys})
-        self.action_queries = nn.Parameter(torch.zeros(config.tokens_per_chunk, hidden))
+        self.action_queries = nn.Parameter(torch.zeros(config.num_queries, hidden))  # [Q, h]
         self.llm = LlamaModel(config.llama_config())
-        self.action_head = nn.Linear(hidden, config.num_bins)
+        self.action_head = nn.Linear(hidden, config.tokens_per_chunk // config.num_queries * config.num_bins)
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -165,10 +176,11 @@ class TinyVLAForActionPrediction(PreTrainedModel):
         image_tokens = self.embed_image(images)  # [B, N_p, h]
         state_tokens = self.embed_states(states or {}, batch)  # [B, N_s, h]
         text_tokens = self.llm.embed_tokens(input_ids)  # [B, T, h]
-        queries = self.action_queries.expand(batch, -1, -1)  # [B, L, h]
+        queries = self.action_queries.expand(batch, -1, -1)  # [B, Q, h]
         sequence = torch.cat([image_tokens, state_tokens, text_tokens, queries], dim=1)  # [B, N, h]
         prefix = image_tokens.shape[1] + state_tokens.shape[1]
         ones = attention_mask.new_ones(batch, prefix)
         mask = torch.cat([ones, attention_mask, attention_mask.new_ones(batch, queries.shape[1])], dim=1)  # [B, N]
         hidden = self.llm(inputs_embeds=sequence, attention_mask=mask).last_hidden_state  # [B, N, h]
-        return self.action_head(hidden[:, -queries.shape[1] :])  # [B, L, num_bins]
+        logits = self.action_head(hidden[:, -queries.shape[1] :])  # [B, Q, L / Q * num_bins]
+        return logits.reshape(batch, self.config.tokens_per_chunk, self.config.num_bins)  # [B, L, num_bins]

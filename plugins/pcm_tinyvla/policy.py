@@ -14,6 +14,7 @@ import torch
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
+from pcm_core.categorical import sample_tokens
 from pcm_core.interfaces import Options, PolicyBackend
 from pcm_core.types import ActionSpec, PolicyOutput
 from pcm_tinyvla.binning import actions_to_bins, bins_to_actions
@@ -27,7 +28,7 @@ SIZE_PRESETS: dict[str, dict[str, int]] = {
     "100m": {"hidden_size": 768, "num_layers": 14, "num_heads": 12, "intermediate_size": 2048},
 }
 """Trunk sizes by ``size`` option; parameters measured with the default K=4, D=7, 64x64 images,
-patch 8: 0.96M, 25.3M, 99.7M (see ``tests/tinyvla/test_tinyvla.py::test_size_presets``)."""
+patch 32, one query per action: 1.51M, 27.6M, 103M (see ``tests/tinyvla/test_tinyvla.py::test_size_presets``)."""
 
 ARCHITECTURE_FIELDS: dict[str, str] = {
     "chunk_size": "chunk_size",
@@ -41,6 +42,7 @@ ARCHITECTURE_FIELDS: dict[str, str] = {
     "state_keys": "state_keys",
     "max_state_dim": "max_state_dim",
     "max_instruction_tokens": "max_instruction_tokens",
+    "queries": "queries",
 }
 """Option name -> ``TinyVLAConfig`` attribute, for every option that fixes the architecture."""
 
@@ -64,13 +66,18 @@ class TinyVLAOptions(Options):
     num_heads: int = Field(4, gt=0, description="attention heads (hidden_size must divide by it)")
     intermediate_size: int = Field(384, gt=0, description="SwiGLU MLP width")
     image_size: int = Field(64, gt=0, description="side of the square image the patch encoder sees")
-    patch_size: int = Field(16, gt=0, description="side of one image patch (image_size must divide by it)")
+    patch_size: int = Field(
+        32, gt=0, description="side of one image patch (image_size must divide by it); 32 gives 4 patches at 64x64"
+    )
     state_keys: list[str] = Field(
         default_factory=lambda: ["proprio", "state"],
         description="float observation keys read as one token each; absent keys are skipped",
     )
     max_state_dim: int = Field(32, gt=0, description="widest state vector; narrower ones are zero-padded")
-    max_instruction_tokens: int = Field(16, gt=0, description="instructions are padded/truncated to this many tokens")
+    max_instruction_tokens: int = Field(12, gt=0, description="instructions are padded/truncated to this many tokens")
+    queries: Literal["token", "action"] = Field(
+        "action", description="action queries: one per token (OpenVLA-OFT, K*D) or one per action (K, a D*256-way head)"
+    )
     temperature: float = Field(1.0, gt=0.0, description="softmax temperature of the action-token distribution")
     seed: int = Field(0, ge=0, description="seed of the random initialisation")
 
@@ -194,15 +201,8 @@ class TinyVLAPolicy(PolicyBackend):
         mean token entropy ``[B]`` of the sampling distribution.
         """
         log_p = torch.log_softmax(self.logits(obs, instructions).float(), dim=-1)  # [B, L, 256]
-        batch, length, bins = log_p.shape
-        if greedy:
-            tokens = log_p.argmax(dim=-1)  # [B, L]
-        else:
-            # draw on the generator's device (a CPU generator also drives a CUDA policy)
-            flat = log_p.exp().reshape(batch * length, bins)
-            if generator is not None:
-                flat = flat.to(generator.device)
-            tokens = torch.multinomial(flat, 1, generator=generator).reshape(batch, length).to(log_p.device)  # [B, L]
+        batch = log_p.shape[0]
+        tokens = sample_tokens(log_p, generator, greedy)  # [B, L]
         logprobs = log_p.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)  # [B, L]
         entropy = -(log_p.exp() * log_p).sum(-1).mean(-1)  # [B]
         actions = bins_to_actions(tokens).reshape(batch, self._spec.chunk_size, self._spec.action_dim)

@@ -19,7 +19,7 @@ TINY = [
     "train.tasks_per_step=2", "train.group_size=2", "train.eval_episodes=2", "train.eval_every=0",
     "train.sft.enabled=false", "train.threads=1", "env.options.max_steps=16", "env.options.image_size=16",
     "policy.options.hidden_size=32", "policy.options.num_layers=1", "policy.options.num_heads=2",
-    "policy.options.intermediate_size=64", "policy.options.image_size=16", "pcm.budget=2",
+    "policy.options.intermediate_size=64", "policy.options.image_size=16", "policy.options.patch_size=8", "pcm.budget=2",
     "tracking.enabled=false", "train.lr=0.01",
 ]
 

@@ -23,6 +23,7 @@ TINY = [
     "policy.options.num_heads=2",
     "policy.options.intermediate_size=64",
     "policy.options.image_size=16",
+    "policy.options.patch_size=8",
     "pcm.budget=4",
 ]
 

@@ -100,8 +100,23 @@ def test_task_subset():
         TabletopOptions(tasks=[NUM_VARIANTS])
 
 
-def test_fixed_horizon_and_latched_success():
+def test_episode_ends_at_first_success():
     env = make(4, max_steps=120, image_size=16)
+    env.reset([0, 1, 2, 3], [5, 6, 7, 8])
+    successes, dones = [], []
+    for _ in range(env.max_steps):
+        result = env.step(env.expert_actions())
+        successes.append(result.success)
+        dones.append(result.done)
+    successes, dones = np.array(successes), np.array(dones)  # [T, B]
+    assert successes[-1].all() and np.array_equal(dones, successes)  # done exactly from the first success on
+    first = successes.argmax(axis=0)  # [B]
+    assert len(set(first.tolist())) > 1 and first.max() < 119  # episodes of different lengths, none at the limit
+    assert env.steps.tolist() == (first + 1).tolist()  # a done env takes no further steps
+
+
+def test_fixed_horizon_and_latched_success():
+    env = make(4, max_steps=120, image_size=16, end_on_success=False)
     env.reset([0, 1, 2, 3], [5, 6, 7, 8])
     successes, dones = [], []
     for _ in range(env.max_steps):
@@ -204,11 +219,10 @@ def test_gymnasium_make_and_expert_episode():
     obs, info = env.reset(seed=3, options={"task_id": 2, "init_state": 17})
     assert info["instruction"] == "put the yellow block on the green plate"
     assert env.observation_space.contains(obs)
-    total, truncated, steps = 0.0, False, 0
-    while not truncated:
+    total, terminated, truncated, steps = 0.0, False, False, 0
+    while not (terminated or truncated):
         obs, reward, terminated, truncated, info = env.step(env.unwrapped.expert_action())
         total += reward
         steps += 1
-        assert not terminated
-    assert steps == 256 and info["success"] and total > 100  # reward 1.0 every step after the drop
+    assert terminated and not truncated and info["success"] and total == 1.0 and steps < 256  # ends at the drop
     assert env.render().shape == (128, 128, 3)

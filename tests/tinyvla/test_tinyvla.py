@@ -25,9 +25,10 @@ def make_obs(batch: int = 4, size: int = 64, seed: int = 0) -> dict[str, torch.T
     }
 
 
-@pytest.fixture(scope="module")
-def policy() -> TinyVLAPolicy:
-    return TinyVLAPolicy(TinyVLAOptions(seed=0))
+@pytest.fixture(scope="module", params=["token", "action"])
+def policy(request) -> TinyVLAPolicy:
+    """One query per action token (L = 28 query positions) or one per action (K = 4)."""
+    return TinyVLAPolicy(TinyVLAOptions(seed=0, queries=request.param))
 
 
 def test_registry_lists_tinyvla() -> None:
@@ -44,7 +45,9 @@ def test_save_load_round_trip(policy: TinyVLAPolicy, tmp_path) -> None:
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
 
     loaded = TinyVLAPolicy(TinyVLAOptions(path=str(tmp_path)))
-    assert loaded.action_spec == ActionSpec(4, 7)
+    assert loaded.action_spec == ActionSpec(4, 7) and loaded.model.config.queries == policy.options.queries
+    queries = {"token": 28, "action": 4}[policy.options.queries]
+    assert loaded.model.action_queries.shape == (queries, 128) and loaded.model.action_head.out_features == 28 * 256 // queries
     assert loaded.model.state_dict().keys() == policy.model.state_dict().keys()
     with torch.no_grad():
         assert torch.equal(loaded.logits(obs, INSTRUCTIONS), policy.logits(obs, INSTRUCTIONS))
@@ -157,7 +160,7 @@ def test_action_spec_sets_fresh_model() -> None:
     assert policy.action_spec == ActionSpec(2, 3) and policy.tokens_per_chunk == 6
 
 
-@pytest.mark.parametrize(("size", "low", "high"), [("1m", 0.9e6, 1.1e6), ("25m", 24e6, 27e6), ("100m", 95e6, 105e6)])
+@pytest.mark.parametrize(("size", "low", "high"), [("1m", 1.4e6, 1.6e6), ("25m", 26e6, 29e6), ("100m", 98e6, 108e6)])
 def test_size_presets(size: str, low: float, high: float) -> None:
     options = TinyVLAOptions(size=size)
     assert options.hidden_size == SIZE_PRESETS[size]["hidden_size"]
