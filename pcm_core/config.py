@@ -85,7 +85,10 @@ class TrainConfig(Section):
     clip_low: float = Field(0.2, gt=0.0, lt=1.0, description="eps_low of the PPO clip")
     clip_high: float = Field(0.28, gt=0.0, description="eps_high (clip-higher, >= clip_low)")
     kl_coef: float = Field(0.0, ge=0.0, description="KL to the reference policy (k3); 0 = off")
-    loss_aggregation: Literal["token_mean", "seq_mean", "traj_sum"] = Field("token_mean")
+    loss_aggregation: Literal["token_mean", "seq_mean", "traj_sum"] = Field(
+        "seq_mean", description="seq_mean: every trajectory weighs the same (GRPO's 1/|o_i|); token_mean: every "
+        "token, so long (failed) trajectories outweigh short successes when episodes end at success"
+    )
     update_epochs: int = Field(1, gt=0, description="passes over the kept chunks per step")
     micro_batch_size: int = Field(64, gt=0, description="chunks per forward/backward")
     max_grad_norm: float = Field(1.0, gt=0.0)
