@@ -100,15 +100,16 @@ def test_task_subset():
         TabletopOptions(tasks=[NUM_VARIANTS])
 
 
-def test_episode_ends_at_first_success():
-    env = make(4, max_steps=120, image_size=16)
+def expert_episodes(**options) -> tuple[TabletopEnv, np.ndarray, np.ndarray]:
+    """4 expert episodes of 120 steps: the env and its ``success`` and ``done`` flags, each ``[T, B]``."""
+    env = make(4, max_steps=120, image_size=16, **options)
     env.reset([0, 1, 2, 3], [5, 6, 7, 8])
-    successes, dones = [], []
-    for _ in range(env.max_steps):
-        result = env.step(env.expert_actions())
-        successes.append(result.success)
-        dones.append(result.done)
-    successes, dones = np.array(successes), np.array(dones)  # [T, B]
+    results = [env.step(env.expert_actions()) for _ in range(env.max_steps)]
+    return env, np.array([r.success for r in results]), np.array([r.done for r in results])
+
+
+def test_episode_ends_at_first_success():
+    env, successes, dones = expert_episodes()
     assert successes[-1].all() and np.array_equal(dones, successes)  # done exactly from the first success on
     first = successes.argmax(axis=0)  # [B]
     assert len(set(first.tolist())) > 1 and first.max() < 119  # episodes of different lengths, none at the limit
@@ -116,14 +117,7 @@ def test_episode_ends_at_first_success():
 
 
 def test_fixed_horizon_and_latched_success():
-    env = make(4, max_steps=120, image_size=16, end_on_success=False)
-    env.reset([0, 1, 2, 3], [5, 6, 7, 8])
-    successes, dones = [], []
-    for _ in range(env.max_steps):
-        result = env.step(env.expert_actions())
-        successes.append(result.success)
-        dones.append(result.done)
-    successes, dones = np.array(successes), np.array(dones)  # [T, B]
+    _, successes, dones = expert_episodes(end_on_success=False)
     assert not dones[:-1].any() and dones[-1].all()  # done exactly at the limit, not at success
     assert successes[-1].all() and successes[:40].sum() < successes.sum()
     first = successes.argmax(axis=0)
