@@ -9,8 +9,9 @@ gives the 256-way logits of every action token of the chunk at once (OpenVLA-OFT
 decoding: the queries are learned embeddings, not previously sampled tokens, so all L = K * D
 tokens come from one pass). ``queries="token"`` has one query per action token (Q = L, a 256-way
 head, OpenVLA-OFT's layout); ``queries="action"`` has one query per action (Q = K) and a
-``D x 256``-way head, the same family of distributions from a sequence 24 tokens shorter at K=4, D=7. Token ids are bin ids ``0..255`` (see :mod:`pcm_tinyvla.binning`); there is no
-shared language-model vocabulary. The instruction embedding table is the Llama ``embed_tokens``.
+``D x 256``-way head, the same family of distributions from a sequence 24 tokens shorter at K=4,
+D=7. Token ids are bin ids ``0..255`` (see :mod:`pcm_tinyvla.binning`); there is no shared
+language-model vocabulary. The instruction embedding table is the Llama ``embed_tokens``.
 """
 
 from __future__ import annotations
