@@ -88,6 +88,18 @@ class EnvBackend(Component):
         ``init_states[b]`` (the same pair gives the same start). Returns observations
         (each ``[B, ...]``) and the ``B`` language instructions."""
 
+    def check_reset(self, task_ids: Sequence[int], init_states: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """``reset``'s arguments as int64 arrays ``[B]``, after checking that there is one of each per
+        env and that every task id is in ``0..num_tasks-1`` (what counts as an initial state is the
+        env's own rule)."""
+        task_ids = np.asarray(task_ids, dtype=np.int64)
+        init_states = np.asarray(init_states, dtype=np.int64)
+        if task_ids.shape != (self.num_envs,) or init_states.shape != (self.num_envs,):
+            raise ValueError(f"reset needs {self.num_envs} task ids and {self.num_envs} initial states")
+        if ((task_ids < 0) | (task_ids >= self.num_tasks)).any():
+            raise ValueError(f"task ids must be in 0..{self.num_tasks - 1}")
+        return task_ids, init_states
+
     @abstractmethod
     def step(self, actions: np.ndarray) -> StepResult:
         """Apply ``actions`` ``[B, D]`` and advance every env that is not done."""

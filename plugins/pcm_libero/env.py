@@ -193,12 +193,8 @@ class LiberoEnv(EnvBackend):
     def reset(self, task_ids: Sequence[int], init_states: Sequence[int]) -> tuple[dict[str, np.ndarray], list[str]]:
         """Start env ``b`` on task ``task_ids[b]`` from fixed initial state ``init_states[b] mod 50``
         and run the settle steps. Returns obs (each ``[B, ...]``) and the ``B`` instructions."""
-        task_ids = [int(t) for t in task_ids]
-        init_states = [int(s) for s in init_states]
-        if len(task_ids) != self.num_envs or len(init_states) != self.num_envs:
-            raise ValueError(f"reset needs {self.num_envs} task ids and {self.num_envs} initial states")
-        if any(not 0 <= t < self.num_tasks for t in task_ids):
-            raise ValueError(f"task ids must be in 0..{self.num_tasks - 1}")
+        task_array, state_array = self.check_reset(task_ids, init_states)
+        task_ids, init_states = task_array.tolist(), state_array.tolist()
         if any(s < 0 for s in init_states):
             raise ValueError("initial states must be non-negative integers")
         self._assign([self.suite_task(t) for t in task_ids])

@@ -193,12 +193,7 @@ class TabletopEnv(EnvBackend):
     def reset(self, task_ids: Sequence[int], init_states: Sequence[int]) -> tuple[dict[str, np.ndarray], list[str]]:
         """Start every env: task id ``task_ids[b]`` (index into the task subset) from layout
         ``init_states[b]`` (a non-negative integer). Returns obs (each ``[B, ...]``) and ``B`` instructions."""
-        task_ids = np.asarray(task_ids, dtype=np.int64)
-        init_states = np.asarray(init_states, dtype=np.int64)
-        if task_ids.shape != (self.num_envs,) or init_states.shape != (self.num_envs,):
-            raise ValueError(f"reset needs {self.num_envs} task ids and {self.num_envs} initial states")
-        if ((task_ids < 0) | (task_ids >= self.num_tasks)).any():
-            raise ValueError(f"task ids must be in 0..{self.num_tasks - 1}")
+        task_ids, init_states = self.check_reset(task_ids, init_states)
         if (init_states < 0).any():
             raise ValueError("initial states must be non-negative integers")
         variant = self.variants[task_ids]

@@ -220,3 +220,13 @@ def test_gymnasium_make_and_expert_episode():
         steps += 1
     assert terminated and not truncated and info["success"] and total == 1.0 and steps < 256  # ends at the drop
     assert env.render().shape == (128, 128, 3)
+
+
+def test_reset_rejects_wrong_counts_and_unknown_tasks():
+    env = make(2, image_size=16, tasks=[0, 3])
+    with pytest.raises(ValueError, match="reset needs 2 task ids and 2 initial states"):
+        env.reset([0], [1, 2])
+    with pytest.raises(ValueError, match=r"task ids must be in 0\.\.1"):
+        env.reset([0, 2], [1, 2])
+    with pytest.raises(ValueError, match="initial states must be non-negative"):
+        env.reset([0, 1], [1, -2])
