@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from pcm_core.algo.grpo import group_advantages, uniform_groups
-from pcm_core.algo.pcm import compact
+from pcm_core.algo.pcm import compact, trajectory_budgets
 from pcm_core.config import DistributedConfig, PCMConfig, RunConfig, TrainConfig
 from pcm_core.checkpoint import Checkpoint
 from pcm_core.errors import PcmError
@@ -269,12 +269,12 @@ def group_shard(group_index: Tensor, rank: int, world_size: int) -> Tensor:
 
 
 def select_per_trajectory(
-    sampler: BudgetSampler, phases: Tensor, lengths: Tensor, keep_probs: Tensor, budget: int, seeds: Tensor
+    sampler: BudgetSampler, phases: Tensor, lengths: Tensor, keep_probs: Tensor, budget: Tensor, seeds: Tensor
 ) -> Selection:
     """Run ``sampler`` on each trajectory alone with a generator seeded by ``seeds[i]``.
 
     Args:
-        phases: ``[N, T]``; lengths: ``[N]``; keep_probs: ``[P]``; seeds: ``[N]`` long.
+        phases: ``[N, T]``; lengths, budget (``B_i``) and seeds: ``[N]`` long; keep_probs: ``[P]``.
 
     Returns:
         ``keep`` and ``inclusion_prob`` ``[N, T]``, independent of which other trajectories share the batch.
@@ -282,7 +282,7 @@ def select_per_trajectory(
     keeps, probs = [], []
     for i, seed in enumerate(seeds.tolist()):
         generator = torch.Generator().manual_seed(int(seed))
-        part = sampler.select(phases[i : i + 1], lengths[i : i + 1], keep_probs, budget, generator)
+        part = sampler.select(phases[i : i + 1], lengths[i : i + 1], keep_probs, budget[i : i + 1], generator)
         keeps.append(part.keep)
         probs.append(part.inclusion_prob)
     return Selection(keep=torch.cat(keeps), inclusion_prob=torch.cat(probs))
@@ -432,7 +432,8 @@ class DistributedLearner(Learner):
         step_seed = int(torch.randint(0, 2**62, (1,), generator=self.generator))  # same on every rank
         offset, num_global = self._trajectory_offset(batch.num_trajectories)
         seeds = step_seed + offset + torch.arange(batch.num_trajectories)  # one stream per global trajectory
-        selection = select_per_trajectory(self.sampler, phases, batch.lengths, keep_probs, self.pcm.budget, seeds)
+        budgets = trajectory_budgets(batch.lengths, self.pcm.budget, self.pcm.budget_scaling, batch.max_chunks)  # B_i  [N_r]
+        selection = select_per_trajectory(self.sampler, phases, batch.lengths, keep_probs, budgets, seeds)
         compact_batch = compact(batch, selection, advantages, self.pcm.estimator, self.train.loss_aggregation)
         kept_local = int(selection.keep.sum())
         uniform = uniform_groups(batch.rewards, batch.group_index)  # [M_r]

@@ -211,11 +211,12 @@ class BudgetSampler(Component):
         phases: Tensor,
         lengths: Tensor,
         keep_probs: Tensor,
-        budget: int,
+        budget: Tensor,
         generator: torch.Generator | None = None,
     ) -> Selection:
         """Pick chunks from ``phases`` ``[N, T]`` with ``lengths`` ``[N]``, given phase
-        keep-probabilities ``keep_probs`` ``[P]`` and the per-trajectory ``budget`` B."""
+        keep-probabilities ``keep_probs`` ``[P]`` and ``budget`` ``[N]``: the chunks ``B_i <= T_i``
+        to keep of each trajectory (:func:`pcm_core.algo.pcm.trajectory_budgets`)."""
 
 
 KINDS: dict[str, type[Component]] = {

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from pcm_core.algo.grpo import group_advantages, policy_loss, uniform_groups
-from pcm_core.algo.pcm import KeepProbabilities, compact
+from pcm_core.algo.pcm import KeepProbabilities, compact, trajectory_budgets
 from pcm_core.config import PCMConfig, TrainConfig
 from pcm_core.interfaces import BudgetSampler, PhaseSegmenter, PolicyBackend, VarianceProxy
 from pcm_core.profiling import SavedActivationMeter, StepTimer, cuda_peak_memory, reset_cuda_peak
@@ -80,7 +80,8 @@ class Learner:
         phases = self.segmenter.segment(batch)  # k(i, t)  [N, T]
         scores = self.proxy.score(batch, phases, self.segmenter.num_phases)  # v_k as sums/counts
         keep_probs = self.keep_probs.update(scores)  # q_k  [P]
-        selection = self.sampler.select(phases, batch.lengths, keep_probs, self.pcm.budget, self.generator)
+        budgets = trajectory_budgets(batch.lengths, self.pcm.budget, self.pcm.budget_scaling, batch.max_chunks)  # B_i  [N]
+        selection = self.sampler.select(phases, batch.lengths, keep_probs, budgets, self.generator)
         compact_batch = compact(batch, selection, advantages, self.pcm.estimator, self.train.loss_aggregation)
         return SelectionResult(advantages, phases, scores, keep_probs.clone(), selection, compact_batch)
 

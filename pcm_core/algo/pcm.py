@@ -15,6 +15,27 @@ from pcm_core.types import CompactBatch, PhaseScores, RolloutBatch, Selection
 
 Estimator = Literal["masked", "iw"]
 Aggregation = Literal["token_mean", "seq_mean", "traj_sum"]
+BudgetScaling = Literal["fixed", "length"]
+
+
+def trajectory_budgets(lengths: Tensor, budget: int, scaling: BudgetScaling, horizon: int) -> Tensor:
+    """Chunks each trajectory keeps, ``B_i`` ``[N]`` long (step 4).
+
+    - ``fixed`` (the paper): ``B_i = min(B, T_i)``;
+    - ``length``: ``B_i = min(T_i, max(1, round(B * T_i / horizon)))``, so a trajectory that ends
+      early (at its success) keeps the same fraction ``B / horizon`` as one that runs to the horizon.
+
+    Args:
+        lengths: ``[N]`` real chunks ``T_i``.
+        budget: B, the budget of a trajectory that runs to the horizon.
+        horizon: the most chunks an episode can have.
+    """
+    if scaling == "fixed":
+        return lengths.clamp(max=budget)
+    if scaling != "length":
+        raise ValueError(f"unknown budget scaling '{scaling}' (expected 'fixed' or 'length')")
+    scaled = torch.round(lengths.to(torch.float64) * budget / horizon).long().clamp(min=1)  # B T_i / T
+    return torch.minimum(scaled, lengths)
 
 
 class KeepProbabilities:
@@ -141,13 +162,14 @@ def sample_exact(pi: Tensor, generator: torch.Generator | None = None) -> Tensor
 
 
 def select_chunks(
-    chunk_weights: Tensor, lengths: Tensor, budget: int, generator: torch.Generator | None = None
+    chunk_weights: Tensor, lengths: Tensor, budget: Tensor | int, generator: torch.Generator | None = None
 ) -> Selection:
     """Per trajectory: ``inclusion_probabilities`` then ``sample_exact`` over its real chunks.
 
     Args:
         chunk_weights: ``[N, T]`` non-negative weights (values on padding are ignored).
         lengths: ``[N]`` real chunks ``T_i``.
+        budget: ``[N]`` chunks to keep of each trajectory, or one B for all.
 
     Returns:
         A :class:`Selection` with ``keep`` ``[N, T]`` and float64 ``inclusion_prob`` ``[N, T]``
@@ -155,8 +177,9 @@ def select_chunks(
     """
     keep = torch.zeros(chunk_weights.shape, dtype=torch.bool)
     inclusion = torch.zeros(chunk_weights.shape, dtype=torch.float64)
+    budgets = torch.as_tensor(budget).expand(lengths.shape).tolist()  # B_i
     for i, length in enumerate(lengths.tolist()):
-        pi = inclusion_probabilities(chunk_weights[i, :length], budget)  # pi_t  [T_i]
+        pi = inclusion_probabilities(chunk_weights[i, :length], budgets[i])  # pi_t  [T_i]
         inclusion[i, :length] = pi
         keep[i, sample_exact(pi, generator)] = True
     return Selection(keep=keep, inclusion_prob=inclusion)

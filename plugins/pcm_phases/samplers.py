@@ -19,24 +19,24 @@ def _real_chunks(phases: Tensor, lengths: Tensor) -> Tensor:
 
 class PCMSampler(BudgetSampler):
     """PCM: chunk weight ``q[phase]``, inclusion probabilities ``pi_t = min(1, c q)`` summing to
-    ``min(B, T_i)``, then exactly that many distinct chunks with these marginals."""
+    ``B_i``, then exactly that many distinct chunks with these marginals."""
 
     Options = NoOptions
 
     def select(
-        self, phases: Tensor, lengths: Tensor, keep_probs: Tensor, budget: int, generator: torch.Generator | None = None
+        self, phases: Tensor, lengths: Tensor, keep_probs: Tensor, budget: Tensor, generator: torch.Generator | None = None
     ) -> Selection:
         weights = keep_probs.to(phases.device)[phases.clamp(0, keep_probs.numel() - 1)]  # q_{phase(t)}  [N, T]
         return select_chunks(weights, lengths, budget, generator)
 
 
 class UniformSampler(BudgetSampler):
-    """Random masking baseline: ``min(B, T_i)`` chunks uniformly at random, ``pi_t = min(B, T_i) / T_i``."""
+    """Random masking baseline: ``B_i`` chunks uniformly at random, ``pi_t = B_i / T_i``."""
 
     Options = NoOptions
 
     def select(
-        self, phases: Tensor, lengths: Tensor, keep_probs: Tensor, budget: int, generator: torch.Generator | None = None
+        self, phases: Tensor, lengths: Tensor, keep_probs: Tensor, budget: Tensor, generator: torch.Generator | None = None
     ) -> Selection:
         return select_chunks(torch.ones(phases.shape), lengths, budget, generator)
 
@@ -47,24 +47,25 @@ class AllSampler(BudgetSampler):
     Options = NoOptions
 
     def select(
-        self, phases: Tensor, lengths: Tensor, keep_probs: Tensor, budget: int, generator: torch.Generator | None = None
+        self, phases: Tensor, lengths: Tensor, keep_probs: Tensor, budget: Tensor, generator: torch.Generator | None = None
     ) -> Selection:
         keep = _real_chunks(phases, lengths).cpu()
         return Selection(keep=keep, inclusion_prob=keep.to(torch.float64))
 
 
 class TopKSampler(BudgetSampler):
-    """Deterministic ablation: the ``min(B, T_i)`` chunks with the highest ``q[phase]`` (ties: earlier
+    """Deterministic ablation: the ``B_i`` chunks with the highest ``q[phase]`` (ties: earlier
     chunks first), reported with ``pi = 1``. Biased: chunks of low-``q`` phases are never trained on."""
 
     Options = NoOptions
 
     def select(
-        self, phases: Tensor, lengths: Tensor, keep_probs: Tensor, budget: int, generator: torch.Generator | None = None
+        self, phases: Tensor, lengths: Tensor, keep_probs: Tensor, budget: Tensor, generator: torch.Generator | None = None
     ) -> Selection:
         weights = keep_probs.to(phases.device)[phases.clamp(0, keep_probs.numel() - 1)].cpu()  # q_{phase(t)}  [N, T]
         keep = torch.zeros(phases.shape, dtype=torch.bool)
+        budgets = torch.as_tensor(budget).expand(lengths.shape).tolist()  # B_i
         for i, length in enumerate(lengths.tolist()):
             order = torch.sort(weights[i, :length], descending=True, stable=True).indices  # best first, earlier on ties
-            keep[i, order[:budget]] = True
+            keep[i, order[: budgets[i]]] = True
         return Selection(keep=keep, inclusion_prob=keep.to(torch.float64))

@@ -1,7 +1,7 @@
 """The learning rate ramps linearly over train.warmup_steps, counted from the optimizer's state."""
 
 import torch
-from tiny_policy import TinyPolicy, make_batch
+from tiny_policy import TinyBackend, make_batch
 
 from pcm_core.config import PCMConfig, TrainConfig
 from pcm_core.learner import Learner
@@ -11,21 +11,9 @@ from pcm_phases.samplers import AllSampler
 from pcm_phases.segmenters import GripperSegmenter
 
 
-class Backend:
-    """The parts of a PolicyBackend the learner uses, around :class:`TinyPolicy`."""
-
-    device = torch.device("cpu")
-
-    def __init__(self) -> None:
-        self.module = TinyPolicy(0)
-
-    def log_probs(self, obs, instructions, tokens):
-        return self.module.log_probs(obs["feature"], tokens)
-
-
-def make_learner(warmup: int, policy: Backend | None = None) -> Learner:
+def make_learner(warmup: int, policy: TinyBackend | None = None) -> Learner:
     return Learner(
-        policy or Backend(),
+        policy or TinyBackend(),
         GripperSegmenter(GripperSegmenter.Options(num_phases=2)),
         SuccessFailureProxy(SuccessFailureProxy.Options()),
         AllSampler(AllSampler.Options()),

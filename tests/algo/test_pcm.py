@@ -7,7 +7,9 @@ from hypothesis import strategies as st
 from tiny_policy import TinyPolicy, make_batch
 
 from pcm_core.algo.grpo import group_advantages, ppo_clip_token_loss
-from pcm_core.algo.pcm import KeepProbabilities, compact, inclusion_probabilities, sample_exact, select_chunks
+from pcm_core.algo.pcm import (
+    KeepProbabilities, compact, inclusion_probabilities, sample_exact, select_chunks, trajectory_budgets,
+)
 from pcm_core.types import PhaseScores, Selection
 
 
@@ -125,6 +127,27 @@ def test_select_chunks_ignores_padding():
     assert selection.keep.sum(1).tolist() == [2, 2]
     assert not bool(selection.keep[0, 3]) and float(selection.inclusion_prob[0, 3]) == 0.0
     assert torch.allclose(selection.inclusion_prob.sum(1), torch.tensor([2.0, 2.0], dtype=torch.float64))
+
+
+def test_select_chunks_keeps_each_trajectorys_own_budget():
+    selection = select_chunks(torch.ones(3, 8), torch.tensor([8, 5, 2]), torch.tensor([3, 1, 2]), torch.Generator().manual_seed(0))
+    assert selection.keep.sum(1).tolist() == [3, 1, 2]
+    assert torch.allclose(selection.inclusion_prob[1, :5], torch.full((5,), 0.2, dtype=torch.float64))
+
+
+def test_fixed_budgets_cap_at_the_trajectory_length():
+    assert trajectory_budgets(torch.tensor([64, 12, 11, 1]), 12, "fixed", 64).tolist() == [12, 12, 11, 1]
+
+
+def test_length_budgets_keep_the_horizon_fraction():
+    # B = 12 of T = 64: round(12 * T_i / 64) = 12, 6, 2 (2.06), 1 (0.19 -> at least one), and never above T_i
+    assert trajectory_budgets(torch.tensor([64, 32, 11, 1]), 12, "length", 64).tolist() == [12, 6, 2, 1]
+    assert trajectory_budgets(torch.tensor([3]), 12, "length", 4).tolist() == [3]  # round(9) capped at T_i = 3
+
+
+def test_unknown_budget_scaling_names_the_choices():
+    with pytest.raises(ValueError, match="'fixed' or 'length'"):
+        trajectory_budgets(torch.tensor([4]), 2, "proportional", 4)
 
 
 # ---------------------------------------------------------------- compaction and estimator weights

@@ -31,6 +31,18 @@ class TinyPolicy(nn.Module):
         return loss.detach(), torch.cat([p.grad.flatten() for p in self.parameters()])
 
 
+class TinyBackend:
+    """The parts of a PolicyBackend the learner uses, around :class:`TinyPolicy` (features in ``obs``)."""
+
+    device = torch.device("cpu")
+
+    def __init__(self, seed: int = 0) -> None:
+        self.module = TinyPolicy(seed)
+
+    def log_probs(self, obs: dict[str, torch.Tensor], instructions: list[str], tokens: torch.Tensor) -> torch.Tensor:
+        return self.module.log_probs(obs["feature"], tokens)
+
+
 def make_batch(lengths: list[int], rewards: list[float], groups: list[int], seed: int = 0) -> RolloutBatch:
     """Random trajectories padded to ``max(lengths)`` chunks (padding filled with large garbage)."""
     gen = torch.Generator().manual_seed(seed)

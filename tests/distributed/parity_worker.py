@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "algo"))
-from tiny_policy import TinyPolicy, make_batch  # noqa: E402
+from tiny_policy import TinyBackend, make_batch  # noqa: E402
 
 from pcm_core.config import PCMConfig, TrainConfig  # noqa: E402
 from pcm_core.profiling import StepTimer  # noqa: E402
@@ -17,24 +17,6 @@ from pcm_phases.samplers import AllSampler, PCMSampler  # noqa: E402
 from pcm_phases.segmenters import GripperSegmenter  # noqa: E402
 
 STEPS = 2
-
-
-class TinyBackend:
-    """The parts of a PolicyBackend the learner uses, around :class:`TinyPolicy` (features in ``obs``)."""
-
-    def __init__(self, seed: int = 0) -> None:
-        self.net = TinyPolicy(seed)
-
-    @property
-    def module(self) -> torch.nn.Module:
-        return self.net
-
-    @property
-    def device(self) -> torch.device:
-        return torch.device("cpu")
-
-    def log_probs(self, obs: dict[str, torch.Tensor], instructions: list[str], tokens: torch.Tensor) -> torch.Tensor:
-        return self.net.log_probs(obs["feature"], tokens)
 
 
 def global_batch(step: int):
