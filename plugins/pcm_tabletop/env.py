@@ -20,7 +20,7 @@ ignored, ``dyaw`` turns it by ``max_rotation`` (0.15 rad) per unit (yaw is limit
 
 The decisive phase is the grasp. When the gripper goes from open to closed, the block nearest to it
 in the plane is grasped only if all three hold after this step's motion:
-``|xy_gripper - xy_block| <= grasp_tolerance`` (0.02), ``|yaw error| <= yaw_tolerance`` (0.1 rad,
+``|xy_gripper - xy_block| <= grasp_tolerance`` (0.03), ``|yaw error| <= yaw_tolerance`` (0.15 rad,
 modulo ``pi``) and ``z <= grasp_height`` (0.04). A close that misses this (at ``z <= grasp_height``
 within one block length of a block) knocks that block: it is pushed ``miss_push`` (0.1) away from
 the gripper and turned by ``miss_turn`` (0.4 rad) away from the gripper's yaw, so every failed
@@ -121,9 +121,9 @@ class TabletopOptions(Options):
     max_steps: int = Field(256, ge=1, description="fixed episode length in env steps (64 chunks of 4 actions)")
     max_translation: float = Field(0.05, gt=0.0, description="gripper travel per step at |action| = 1 (table is 2 x 2)")
     max_rotation: float = Field(0.15, gt=0.0, description="gripper yaw change per step at |action| = 1, radians")
-    grasp_tolerance: float = Field(0.02, gt=0.0, description="max gripper-to-block distance in the plane for a grasp")
+    grasp_tolerance: float = Field(0.03, gt=0.0, description="max gripper-to-block distance in the plane for a grasp")
     yaw_tolerance: float = Field(
-        0.1, gt=0.0, description="max gripper-to-block yaw error for a grasp, radians (mod pi)"
+        0.15, gt=0.0, description="max gripper-to-block yaw error for a grasp, radians (mod pi)"
     )
     grasp_height: float = Field(0.04, gt=0.0, description="the gripper must be at or below this height to grasp")
     miss_push: float = Field(0.1, ge=0.0, description="how far a failed grasp pushes the block away")
