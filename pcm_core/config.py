@@ -62,7 +62,7 @@ class PCMConfig(Section):
 
 class SFTConfig(Section):
     enabled: bool = Field(True, description="behaviour-clone scripted demonstrations before RL")
-    demos: int = Field(384, gt=0, description="demonstration episodes")
+    demos: int = Field(256, gt=0, description="demonstration episodes")
     execution_noise: float = Field(
         0.0, ge=0.0, description="std of noise added to the executed expert actions (labels stay clean), so demos show recoveries"
     )

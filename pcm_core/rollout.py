@@ -12,7 +12,7 @@ from torch import Tensor
 
 from pcm_core.errors import PcmError
 from pcm_core.interfaces import EnvBackend, PolicyBackend
-from pcm_core.types import RolloutBatch
+from pcm_core.types import PolicyOutput, RolloutBatch
 
 LOST_RETRIES = 2
 """Extra collections of the same groups when crashed env workers lost every trajectory."""
@@ -27,6 +27,34 @@ class EnvLostError(PcmError):
 def obs_to_tensors(obs: dict[str, np.ndarray], device: torch.device) -> dict[str, Tensor]:
     """Environment arrays ``[B, ...]`` -> tensors on ``device`` (images stay uint8)."""
     return {key: torch.as_tensor(np.ascontiguousarray(value), device=device) for key, value in obs.items()}
+
+
+def act_on_alive(
+    policy: PolicyBackend,
+    obs: dict[str, Tensor],
+    instructions: Sequence[str],
+    alive: np.ndarray,
+    generator: torch.Generator | None,
+    greedy: bool,
+) -> PolicyOutput:
+    """``policy.act`` on the envs still running (``alive`` ``[N]`` bool) only; the rows of finished
+    envs are zeros (they become padding). Episodes that end at success leave fewer envs to act on."""
+    if alive.all():
+        return policy.act(obs, list(instructions), generator=generator, greedy=greedy)
+    rows = np.flatnonzero(alive)
+    index = torch.as_tensor(rows, device=next(iter(obs.values())).device)
+    out = policy.act(
+        {key: value[index] for key, value in obs.items()}, [instructions[i] for i in rows], generator=generator, greedy=greedy
+    )
+
+    def scatter(value: Tensor) -> Tensor:  # [n_alive, ...] -> [N, ...]
+        full = value.new_zeros((len(alive), *value.shape[1:]))
+        full[index.to(value.device)] = value
+        return full
+
+    return PolicyOutput(
+        actions=scatter(out.actions), tokens=scatter(out.tokens), logprobs=scatter(out.logprobs), entropy=scatter(out.entropy)
+    )
 
 
 @dataclass
@@ -109,7 +137,7 @@ def _run_episodes(
         if not alive.any():
             break
         obs_t = obs_to_tensors(obs, policy.device)
-        out = policy.act(obs_t, instructions, generator=generator, greedy=greedy)
+        out = act_on_alive(policy, obs_t, instructions, alive, generator, greedy)
         actions = out.actions.float().cpu()
         lengths += alive
         results = env.step_chunk(actions.numpy())

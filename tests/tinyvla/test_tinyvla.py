@@ -1,13 +1,15 @@
-"""The tinyvla policy: checkpoint round trip, log-prob consistency, binning, sampling, SFT, presets."""
+"""The tinyvla policy: checkpoint round trip, log-prob consistency, binning, sampling, SFT, presets, rollouts."""
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from pcm_core.registry import Registry
+from pcm_core.rollout import act_on_alive
 from pcm_core.types import ActionSpec
 from pcm_tinyvla.binning import bins_to_actions
 from pcm_tinyvla.modeling import TinyVLAConfig, TinyVLAForActionPrediction
@@ -174,3 +176,14 @@ def test_explicit_option_overrides_preset() -> None:
     options = TinyVLAOptions(size="25m", num_layers=2)
     assert (options.hidden_size, options.num_layers) == (512, 2)
     assert TinyVLAOptions().hidden_size == TinyVLAConfig().hidden_size
+
+
+def test_rollouts_act_only_on_running_envs(policy: TinyVLAPolicy) -> None:
+    obs = make_obs()
+    alive = np.array([True, False, True, False])
+    out = act_on_alive(policy, obs, INSTRUCTIONS, alive, torch.Generator().manual_seed(0), greedy=True)
+    running = policy.act({k: v[[0, 2]] for k, v in obs.items()}, [INSTRUCTIONS[0], INSTRUCTIONS[2]], greedy=True)
+    assert torch.equal(out.tokens[[0, 2]], running.tokens)
+    assert torch.allclose(out.logprobs[[0, 2]], running.logprobs)
+    for value in (out.actions, out.tokens, out.logprobs, out.entropy):
+        assert value.shape[0] == 4 and not value[[1, 3]].any()  # finished envs: zero rows
