@@ -5,6 +5,7 @@ stops the run with one clear error."""
 from __future__ import annotations
 
 import os
+import zlib
 import signal
 from types import SimpleNamespace
 
@@ -29,8 +30,8 @@ def tabletop(**options) -> ResolvedComponent:
 
 
 class ScriptedPolicy:
-    """Uniform random chunks drawn from the call count alone (the same in every run); calls
-    ``on_act(n)`` before its n-th chunk."""
+    """Uniform random chunks drawn from the call count and each env's own proprioception (the
+    same in every run, whichever envs share the call); calls ``on_act(n)`` before its n-th chunk."""
 
     action_spec = ActionSpec(chunk_size=4)
     device = torch.device("cpu")
@@ -44,7 +45,8 @@ class ScriptedPolicy:
         if self.on_act is not None:
             self.on_act(self.calls)
         b = len(instructions)
-        actions = torch.rand(b, 4, 7, generator=torch.Generator().manual_seed(self.calls)) * 2 - 1
+        seeds = [zlib.crc32(row.numpy().tobytes(), self.calls) for row in obs["proprio"]]
+        actions = torch.stack([torch.rand(4, 7, generator=torch.Generator().manual_seed(seed)) for seed in seeds]) * 2 - 1
         return PolicyOutput(actions, torch.zeros(b, 4, dtype=torch.long), torch.zeros(b, 4), torch.zeros(b))
 
 
