@@ -10,22 +10,32 @@ tiny VLA; with ``--warm-start`` (default in full mode) the cached SFT warm start
 default, so outcomes are real; otherwise random init with relabelled outcomes (see common.py).
 With equal trajectory lengths, GRPO's token-mean loss equals the ``traj_sum`` loss the ``iw``
 estimator targets, so one ``g`` serves both estimators.
+
+Then every variant is trained: ``pcm-run``'s config (``configs/quickstart.yaml``) plus the
+variant's overrides, ``--steps`` RL steps (50 in full mode, 0 skips training) from the shared
+cached warm start, ``--seeds`` seeds each; the evaluation success of the warm start and of the
+final policy is reported.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+from rich.console import Console
 
 from benchmarks.common import (
-    build_env, build_policy, collect_batch, config_for, machine, make_learner, resolve_device, seed_everything,
-    table, write_outputs,
+    CONFIGS, build_env, build_policy, collect_batch, config_for, machine, make_learner, resolve_device,
+    seed_everything, table, write_outputs,
 )
+from pcm_core.config import load_config, resolve_components
 from pcm_core.plots import pyplot
+from pcm_core.runner import train
 
 VARIANTS: dict[str, list[str]] = {
     "pcm (default)": [],
@@ -40,19 +50,58 @@ VARIANTS: dict[str, list[str]] = {
 }
 
 
+QUICK_TRAINING = [
+    "train.eval_episodes=8", "train.sft.demos=32", "train.sft.epochs=2", "train.tasks_per_step=2", "train.group_size=4",
+]
+"""Overrides of the quick mode's training runs (a throw-away warm start, small steps)."""
+
+
 def settings(quick: bool, args: argparse.Namespace | None = None) -> dict[str, Any]:
     s: dict[str, Any] = {
         "budget": 12, "groups": 2, "group_size": 4, "history_batches": 1 if quick else 3,
         "resamples": 6 if quick else 24, "max_steps": 256, "seed": 0, "warm_start": not quick, "size": None,  # None: the default policy (1m), same warm-start cache as pcm-run
+        "train_steps": 2 if quick else 50, "train_seeds": 1, "train_overrides": QUICK_TRAINING if quick else [],
     }
     if args is not None:
         if getattr(args, "max_steps", None):
             s["max_steps"] = args.max_steps
         if getattr(args, "repeats", None):
             s["resamples"] = args.repeats
+        if getattr(args, "steps", None) is not None:
+            s["train_steps"] = args.steps
+        if getattr(args, "seeds", None):
+            s["train_seeds"] = args.seeds
         if getattr(args, "tiny", False):
-            s.update(resamples=2, history_batches=1, groups=1, group_size=2, max_steps=64, budget=4, warm_start=False)
+            s.update(resamples=2, history_batches=1, groups=1, group_size=2, max_steps=64, budget=4, warm_start=False,
+                     train_steps=1, train_overrides=["train.sft.demos=4", "train.sft.epochs=1", "train.tasks_per_step=1",
+                                                     "train.group_size=2", "train.eval_episodes=2", "env.options.max_steps=64",
+                                                     "pcm.budget=4"])
     return s
+
+
+def train_variants(s: dict[str, Any], quick: bool, device: str, log=print) -> dict[str, dict[str, Any]]:
+    """Train every variant from the shared warm start; warm-start and final eval success per seed."""
+    finals: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = [f"train.sft.cache_dir={Path(tmp) / 'cache'}"] if quick else []  # quick runs never touch the real cache
+        for index, (name, overrides) in enumerate(VARIANTS.items()):
+            runs = []
+            for seed in range(s["train_seeds"]):
+                config = load_config(CONFIGS / "quickstart.yaml", [
+                    *s["train_overrides"], *cache, *overrides, f"train.steps={s['train_steps']}", "train.eval_every=0",
+                    f"train.seed={seed}", "tracking.enabled=false", f"train.output_dir={Path(tmp) / f'v{index}s{seed}'}",
+                    *([f"train.device={device}"] if device != "auto" else []),
+                ])
+                started = time.perf_counter()
+                history = train(config, resolve_components(config), console=Console(quiet=True)).history
+                evals = [row["eval_success_rate"] for row in history if "eval_success_rate" in row]
+                runs.append({"seed": seed, "warm_start_success": evals[0], "final_success": evals[-1],
+                             "wall_s": time.perf_counter() - started})
+            finals[name] = {"runs": runs, "final_success_mean": statistics.mean(r["final_success"] for r in runs),
+                            "warm_start_success_mean": statistics.mean(r["warm_start_success"] for r in runs)}
+            log(f"  trained {name:18s} eval success {finals[name]['warm_start_success_mean']:.3f} -> "
+                f"{finals[name]['final_success_mean']:.3f} ({len(runs)} seed(s), {s['train_steps']} steps)")
+    return finals
 
 
 def flat_grad(module: torch.nn.Module) -> torch.Tensor:
@@ -136,10 +185,12 @@ def run(quick: bool, device: str, out: Path, args: argparse.Namespace | None = N
         }
         log(f"  {name:18s} mse {results[name]['mse_rel']:.3f} var {results[name]['variance_rel']:.3f} "
             f"bias2 {results[name]['bias2_rel']:.3f} cos {results[name]['cosine_to_full']:.3f} q {[round(x, 3) for x in q]}")
+    if s["train_steps"] > 0:
+        for name, trained in train_variants(s, quick, device, log).items():
+            results[name]["training"] = trained
     result = {
         "benchmark": "ablations", "machine": machine(), "device": str(dev), "settings": s, "warm_start": warm,
         "batches": notes, "full_gradient_norm2": g_norm2, "variants": results,
-        "final_success": "not measured here; run time_to_success with the variant's overrides",
         "duration_s": time.perf_counter() - started,
     }
     write_outputs(out, "ablations", result, markdown(result), figure(result))
@@ -148,8 +199,13 @@ def run(quick: bool, device: str, out: Path, args: argparse.Namespace | None = N
 
 def markdown(result: dict[str, Any]) -> str:
     s, m = result["settings"], result["machine"]
+    def trained(v: dict[str, Any]) -> str:
+        t = v.get("training")
+        return f"{t['warm_start_success_mean']:.3f} -> {t['final_success_mean']:.3f}" if t else "not trained"
+
     rows = [[name, v["kept_chunks"], f"{v['mse_rel']:.3f}", f"{v['variance_rel']:.3f}", f"{v['bias2_rel']:.3f}",
-             f"{v['cosine_to_full']:.3f}", " ".join(f"{x:.2f}" for x in v["keep_probs"])] for name, v in result["variants"].items()]
+             f"{v['cosine_to_full']:.3f}", " ".join(f"{x:.2f}" for x in v["keep_probs"]), trained(v)]
+            for name, v in result["variants"].items()]
     return "\n".join([
         "# ablations: gradient-estimator quality at the same budget (one batch, resampled masks)",
         "",
@@ -158,9 +214,11 @@ def markdown(result: dict[str, Any]) -> str:
         f"{s['resamples']} resampled masks; warm start: {result['warm_start'] or 'none (random init, relabelled outcomes)'}. "
         "Errors are relative to the squared norm of the full-batch GRPO gradient.",
         "",
-        table(["variant", "kept chunks", "MSE / |g|^2", "variance / |g|^2", "bias^2 / |g|^2", "cos(g_r, g)", "q per phase"], rows),
+        table(["variant", "kept chunks", "MSE / |g|^2", "variance / |g|^2", "bias^2 / |g|^2", "cos(g_r, g)", "q per phase",
+               "eval success: warm start -> final"], rows),
         "",
-        f"Final success per variant: {result['final_success']}.",
+        f"Training: `pcm-run`'s config plus the variant's overrides, {s['train_steps']} RL steps from the shared warm start, "
+        f"{s['train_seeds']} seed(s), extra overrides {s['train_overrides']}; final = evaluation after the last step.",
     ])
 
 

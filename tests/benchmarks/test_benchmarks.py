@@ -29,6 +29,10 @@ def test_benchmark_tiny_writes_outputs(name, tmp_path):
     for key in ("cpu", "cores", "torch"):
         assert key in result["machine"], key
     assert (tmp_path / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+    if name == "ablations":  # every variant is also trained (one seed, one step in tiny mode)
+        for variant, measured in result["variants"].items():
+            (run,) = measured["training"]["runs"]
+            assert 0.0 <= run["warm_start_success"] <= 1.0 and 0.0 <= run["final_success"] <= 1.0, variant
 
 
 def test_grad_update_differs_only_in_kept_chunks(tmp_path):
@@ -38,3 +42,4 @@ def test_grad_update_differs_only_in_kept_chunks(tmp_path):
     chunks = sum(result["batch"]["chunks_per_trajectory"])
     assert summary["all"]["kept_chunks"] == chunks
     assert summary["pcm@4"]["kept_chunks"] == 4 * len(result["batch"]["chunks_per_trajectory"])
+
