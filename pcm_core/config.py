@@ -99,7 +99,9 @@ class TrainConfig(Section):
     micro_batch_size: int = Field(64, gt=0, description="chunks per forward/backward")
     max_grad_norm: float = Field(1.0, gt=0.0)
     dynamic_sampling: bool = Field(False, description="refill groups whose outcomes are all equal")
-    eval_every: int = Field(10, ge=0, description="steps between evaluations (0: only at the end)")
+    eval_every: int = Field(
+        25, ge=0, description="steps between evaluations; the warm start and the last step are always evaluated (0: only those)"
+    )
     eval_episodes: int = Field(64, gt=0)
     eval_greedy: bool = Field(False, description="evaluate the mode of the policy instead of sampling")
     device: Literal["auto", "cpu", "cuda"] = Field("auto")
