@@ -27,15 +27,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from rich.console import Console
 
 from benchmarks.common import (
     CONFIGS, build_env, build_policy, collect_batch, config_for, machine, make_learner, resolve_device,
-    seed_everything, table, write_outputs,
+    seed_everything, table, train_to_end, write_outputs,
 )
-from pcm_core.config import load_config, resolve_components
+from pcm_core.config import load_config
 from pcm_core.plots import pyplot
-from pcm_core.runner import train
 
 VARIANTS: dict[str, list[str]] = {
     "pcm (default)": [],
@@ -93,7 +91,7 @@ def train_variants(s: dict[str, Any], quick: bool, device: str, log=print) -> di
                     *([f"train.device={device}"] if device != "auto" else []),
                 ])
                 started = time.perf_counter()
-                history = train(config, resolve_components(config), console=Console(quiet=True)).history
+                history = train_to_end(config).history
                 evals = [row["eval_success_rate"] for row in history if "eval_success_rate" in row]
                 runs.append({"seed": seed, "warm_start_success": evals[0], "final_success": evals[-1],
                              "wall_s": time.perf_counter() - started})

@@ -11,15 +11,26 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+from rich.console import Console
 
 from pcm_core.config import RunConfig, load_config, resolve_components
 from pcm_core.learner import Learner
 from pcm_core.rollout import GroupSpec, collect
-from pcm_core.runner import EVAL_INIT_OFFSET, resolve_device, seed_everything
+from pcm_core.runner import EVAL_INIT_OFFSET, RunResult, resolve_device, seed_everything, train
 from pcm_core.types import RolloutBatch
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "configs"
+
+
+def train_to_end(config: RunConfig) -> RunResult:
+    """``runner.train`` without console output. A run stopped by SIGINT/SIGTERM ends the benchmark
+    (``SystemExit``) instead of counting as a finished run."""
+    result = train(config, resolve_components(config), console=Console(quiet=True))
+    if result.stopped:
+        step = result.history[-1].get("step", 0) if result.history else 0
+        raise SystemExit(f"training stopped by a signal after step {step} of {config.train.steps}; nothing written")
+    return result
 
 
 def machine() -> dict[str, Any]:
@@ -153,5 +164,5 @@ def fmt_range(s: dict[str, float], digits: int = 2) -> str:
 
 __all__ = [
     "machine", "stats", "config_for", "build_policy", "build_env", "make_learner", "collect_batch",
-    "write_outputs", "table", "fmt_range", "resolve_device", "seed_everything", "CONFIGS",
+    "write_outputs", "table", "fmt_range", "resolve_device", "seed_everything", "train_to_end", "CONFIGS",
 ]

@@ -18,12 +18,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-
-from benchmarks.common import CONFIGS, fmt_range, machine, stats, table, write_outputs
-from pcm_core.config import load_config, resolve_components
+from benchmarks.common import CONFIGS, fmt_range, machine, stats, table, train_to_end, write_outputs
+from pcm_core.config import load_config
 from pcm_core.plots import pyplot
-from pcm_core.runner import train
 
 METHODS = {"grpo": CONFIGS / "quickstart_grpo.yaml", "pcm": CONFIGS / "quickstart.yaml"}
 SPLIT = ("rollout", "select", "forward_backward", "optimizer")
@@ -55,7 +52,7 @@ def one_run(method: str, seed: int, s: dict[str, Any], workdir: Path, cache_dir:
         overrides.append(f"train.sft.cache_dir={cache_dir}")
     config = load_config(METHODS[method], overrides)
     started = time.perf_counter()
-    result = train(config, resolve_components(config), console=Console(quiet=True))
+    result = train_to_end(config)
     wall = time.perf_counter() - started
     history = result.history
     clock, curve = 0.0, []  # (training seconds so far, eval success) at every evaluation

@@ -4,10 +4,14 @@ Only the files and the keys are checked: timings are never asserted.
 """
 
 import json
+from pathlib import Path
 
 import pytest
 
+from benchmarks import common
 from benchmarks.__main__ import main
+from pcm_core.config import load_config
+from pcm_core.runner import RunResult
 
 EXPECTED_KEYS = {
     "grad_update": ["machine", "settings", "batch", "sizes", "speedup_at_b12"],
@@ -43,3 +47,10 @@ def test_grad_update_differs_only_in_kept_chunks(tmp_path):
     assert summary["all"]["kept_chunks"] == chunks
     assert summary["pcm@4"]["kept_chunks"] == 4 * len(result["batch"]["chunks_per_trajectory"])
 
+
+
+def test_a_run_stopped_by_a_signal_ends_the_benchmark(monkeypatch):
+    stopped = RunResult(run_dir=Path("."), history=[{"step": 3}], stopped=True)
+    monkeypatch.setattr(common, "train", lambda *args, **kwargs: stopped)
+    with pytest.raises(SystemExit, match="after step 3 of 50; nothing written"):
+        common.train_to_end(load_config(None, []))
