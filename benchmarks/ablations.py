@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from benchmarks.common import (
-    CONFIGS, build_env, build_policy, collect_batch, config_for, machine, make_learner, resolve_device,
+    CONFIGS, QUICK_TRAINING, build_env, build_policy, collect_batch, config_for, machine, make_learner, resolve_device,
     seed_everything, table, train_to_end, write_outputs,
 )
 from pcm_core.config import load_config
@@ -46,12 +46,6 @@ VARIANTS: dict[str, list[str]] = {
     "sampler uniform": ["pcm.sampler=uniform"],
     "sampler topk": ["pcm.sampler=topk"],
 }
-
-
-QUICK_TRAINING = [
-    "train.eval_episodes=8", "train.sft.demos=32", "train.sft.epochs=2", "train.tasks_per_step=2", "train.group_size=4",
-]
-"""Overrides of the quick mode's training runs (a throw-away warm start, small steps)."""
 
 
 def settings(quick: bool, args: argparse.Namespace | None = None) -> dict[str, Any]:

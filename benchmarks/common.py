@@ -22,6 +22,11 @@ from pcm_core.types import RolloutBatch
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "configs"
 
+QUICK_TRAINING = [
+    "train.eval_episodes=8", "train.sft.demos=32", "train.sft.epochs=2", "train.tasks_per_step=2", "train.group_size=4",
+]
+"""Overrides of every quick-mode training run: small steps and a small warm start (in a throw-away cache)."""
+
 
 def train_to_end(config: RunConfig) -> RunResult:
     """``runner.train`` without console output. A run stopped by SIGINT/SIGTERM ends the benchmark
@@ -164,5 +169,5 @@ def fmt_range(s: dict[str, float], digits: int = 2) -> str:
 
 __all__ = [
     "machine", "stats", "config_for", "build_policy", "build_env", "make_learner", "collect_batch",
-    "write_outputs", "table", "fmt_range", "resolve_device", "seed_everything", "train_to_end", "CONFIGS",
+    "write_outputs", "table", "fmt_range", "resolve_device", "seed_everything", "train_to_end", "CONFIGS", "QUICK_TRAINING",
 ]

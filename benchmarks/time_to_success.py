@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import CONFIGS, fmt_range, machine, stats, table, train_to_end, write_outputs
+from benchmarks.common import CONFIGS, QUICK_TRAINING, fmt_range, machine, stats, table, train_to_end, write_outputs
 from pcm_core.config import load_config
 from pcm_core.plots import pyplot
 
@@ -28,8 +28,7 @@ SPLIT = ("rollout", "select", "forward_backward", "optimizer")
 
 def settings(quick: bool, args: argparse.Namespace | None = None) -> dict[str, Any]:
     s: dict[str, Any] = {"seeds": 1 if quick else 3, "overrides": [] if not quick else [
-        "train.steps=3", "train.eval_every=3", "train.eval_episodes=8", "train.sft.demos=32", "train.sft.epochs=2",
-        "train.tasks_per_step=2", "train.group_size=4",
+        "train.steps=3", "train.eval_every=3", *QUICK_TRAINING,
     ], "target": None}
     if not quick:
         s["overrides"] = ["train.eval_every=5"]
