@@ -24,6 +24,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, help="episode length in env steps (256 = 64 chunks of 4)")
     p.add_argument("--seeds", type=int, help="time_to_success / ablations: seeds per method")
     p.add_argument("--steps", type=int, help="time_to_success, ablations: RL steps per training run (ablations: 0 skips training)")
+    p.add_argument("--pcm-step-ratio", type=float, help="time_to_success: PCM runs this many times GRPO's steps "
+                   "(default 2: about GRPO's wall-clock on this machine)")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1: on a shared 2-core "
                    "machine, 2 threads under contention ran 12x slower than 1)")
     p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # tests: smallest possible run

@@ -1,11 +1,14 @@
 """``time_to_success``: GRPO (``configs/quickstart_grpo.yaml``) vs PCM (``configs/quickstart.yaml``)
-trained with :func:`pcm_core.runner.train`, several seeds each, runs interleaved (seed by seed).
+trained with :func:`pcm_core.runner.train`, several RL seeds each from one shared warm start, runs
+interleaved (seed by seed). PCM runs twice GRPO's steps by default, about the same wall-clock, so
+the two are compared over the same training time; the gap at equal steps is reported too.
 
 Wall-clock is the training time of the RL steps (the sum of ``time/step_s``: rollout + select +
 forward/backward + optimizer); the shared warm start (cached SFT) and the evaluations are excluded.
 Time to target = training wall-clock up to the first evaluation whose success reaches ``target``.
 The default target is 0.95 x GRPO's mean final evaluation success (rounded down to the
-evaluation grid), i.e. "the success GRPO reaches".
+evaluation grid), i.e. "the success GRPO reaches"; a run's final success is the mean of its last
+:data:`FINAL_EVALS` evaluations.
 """
 
 from __future__ import annotations
@@ -26,27 +29,43 @@ METHODS = {"grpo": CONFIGS / "quickstart_grpo.yaml", "pcm": CONFIGS / "quickstar
 SPLIT = ("rollout", "select", "forward_backward", "optimizer")
 
 
+FINAL_EVALS = 3
+"""Final success = mean of the last this many evaluations (3 x 64 episodes: a standard error of
+about 3.5 points instead of 6 for one evaluation)."""
+
+
 def settings(quick: bool, args: argparse.Namespace | None = None) -> dict[str, Any]:
-    s: dict[str, Any] = {"seeds": 1 if quick else 3, "overrides": [] if not quick else [
-        "train.steps=3", "train.eval_every=3", *QUICK_TRAINING,
-    ], "target": None}
-    if not quick:
-        s["overrides"] = ["train.eval_every=5"]
+    """Seeds, RL steps per method and the training overrides. Every run starts from one shared warm
+    start (``train.sft.seed=0``), so the seeds vary the RL only; PCM runs ``pcm_step_ratio`` times
+    GRPO's steps, about GRPO's wall-clock (a PCM step costs half a GRPO step here)."""
+    s: dict[str, Any] = {
+        "seeds": 1 if quick else 3,
+        "grpo_steps": 3 if quick else 50,
+        "pcm_step_ratio": 2.0,
+        "overrides": ["train.sft.seed=0", *(["train.eval_every=3", *QUICK_TRAINING] if quick else ["train.eval_every=5"])],
+        "target": None,
+        "final_evals": FINAL_EVALS,
+    }
     if args is not None:
         if getattr(args, "seeds", None):
             s["seeds"] = args.seeds
         if getattr(args, "steps", None):
-            s["overrides"].append(f"train.steps={args.steps}")
+            s["grpo_steps"] = args.steps
+        if getattr(args, "pcm_step_ratio", None):
+            s["pcm_step_ratio"] = args.pcm_step_ratio
         if getattr(args, "tiny", False):
             s["seeds"] = 1
-            s["overrides"] += ["train.steps=1", "train.eval_every=1", "train.eval_episodes=2", "train.tasks_per_step=1",
+            s["grpo_steps"] = 1
+            s["overrides"] += ["train.eval_every=1", "train.eval_episodes=2", "train.tasks_per_step=1",
                                "train.group_size=2", "train.sft.demos=4", "train.sft.epochs=1", "env.options.max_steps=128",
                                "pcm.budget=2"]
+    s["steps"] = {"grpo": s["grpo_steps"], "pcm": max(1, round(s["grpo_steps"] * s["pcm_step_ratio"]))}
     return s
 
 
 def one_run(method: str, seed: int, s: dict[str, Any], workdir: Path, cache_dir: str | None) -> dict[str, Any]:
-    overrides = [*s["overrides"], f"train.seed={seed}", "tracking.enabled=false", f"train.output_dir={workdir / method}"]
+    overrides = [*s["overrides"], f"train.steps={s['steps'][method]}", f"train.seed={seed}", "tracking.enabled=false",
+                 f"train.output_dir={workdir / method}"]
     if cache_dir:
         overrides.append(f"train.sft.cache_dir={cache_dir}")
     config = load_config(METHODS[method], overrides)
@@ -54,7 +73,7 @@ def one_run(method: str, seed: int, s: dict[str, Any], workdir: Path, cache_dir:
     result = train_to_end(config)
     wall = time.perf_counter() - started
     history = result.history
-    clock, curve = 0.0, []  # (training seconds so far, eval success) at every evaluation
+    clock, curve = 0.0, []  # (step, training seconds so far, eval success) at every evaluation
     for row in history:
         clock += row.get("time/step_s", 0.0)
         if "eval_success_rate" in row:
@@ -62,11 +81,23 @@ def one_run(method: str, seed: int, s: dict[str, Any], workdir: Path, cache_dir:
     steps = [row for row in history if row.get("step", 0) > 0]
     split = {name: statistics.median([row.get(f"time/{name}_s", 0.0) for row in steps]) if steps else 0.0 for name in SPLIT}
     return {
-        "method": method, "seed": seed, "wall_s_including_warm_start_and_eval": wall, "train_s": clock,
-        "curve": curve, "final_success": curve[-1][2] if curve else float("nan"), "median_step_split_s": split,
+        "method": method, "seed": seed, "steps": s["steps"][method], "wall_s_including_warm_start_and_eval": wall,
+        "train_s": clock, "curve": curve, "final_success": final_success(curve, s["final_evals"]),
+        "median_step_split_s": split,
         "kept_chunk_fraction": statistics.median([row.get("kept_chunk_fraction", 1.0) for row in steps]) if steps else None,
         "config": config.model_dump(mode="json"),
     }
+
+
+def final_success(curve: list[tuple[int, float, float]], evals: int) -> float:
+    """Mean eval success of the last ``evals`` evaluations of ``curve``."""
+    return statistics.mean(success for _, _, success in curve[-evals:]) if curve else float("nan")
+
+
+def success_at_steps(curve: list[tuple[int, float, float]], steps: list[int]) -> float:
+    """Mean eval success of ``curve`` at the given steps (those it evaluated)."""
+    values = [success for step, _, success in curve if step in steps]
+    return statistics.mean(values) if values else float("nan")
 
 
 def time_to(curve: list[tuple[int, float, float]], target: float) -> float:
@@ -107,14 +138,18 @@ def run(quick: bool, device: str, out: Path, args: argparse.Namespace | None = N
             "train_s": stats([r["train_s"] for r in rows]),
             "step_split_s": {name: statistics.median([r["median_step_split_s"][name] for r in rows]) for name in SPLIT},
         }
+    grpo_last_steps = [step for step, _, _ in by["grpo"][0]["curve"][-s["final_evals"]:]]
+    pcm_at_grpo_steps = statistics.mean(success_at_steps(r["curve"], grpo_last_steps) for r in by["pcm"])
     g, p = summary["grpo"]["time_to_target_s"], summary["pcm"]["time_to_target_s"]
     speedup = g["median"] / p["median"] if p["n"] and g["n"] and p["median"] > 0 else float("nan")
     result = {
         "benchmark": "time_to_success", "machine": machine(), "settings": s, "target_success": target,
         "speedup_to_target": speedup,
         "final_success_gap_points": 100.0 * (summary["grpo"]["final_success"]["mean"] - summary["pcm"]["final_success"]["mean"]),
+        "final_success_gap_points_equal_steps": 100.0 * (summary["grpo"]["final_success"]["mean"] - pcm_at_grpo_steps),
         "summary": summary, "runs": runs, "duration_s": time.perf_counter() - started,
-        "note": "time = RL-step wall-clock (rollout+select+fwd/bwd+optimizer), warm start and evaluation excluded",
+        "note": "time = RL-step wall-clock (rollout+select+fwd/bwd+optimizer), warm start and evaluation excluded; "
+        f"final success = mean of the last {s['final_evals']} evaluations; PCM runs {s['pcm_step_ratio']:g}x GRPO's steps",
     }
     write_outputs(out, "time_to_success", result, markdown(result), figure(result))
     return result
@@ -126,7 +161,7 @@ def markdown(result: dict[str, Any]) -> str:
     for method, e in result["summary"].items():
         tt = fmt_range(e["time_to_target_s"], 1) if e["time_to_target_s"]["n"] else "not reached"
         sp = e["step_split_s"]
-        rows.append([method, f"{e['reached']}/{len(e['time_to_target_raw_s'])}", tt,
+        rows.append([method, result["settings"]["steps"][method], f"{e['reached']}/{len(e['time_to_target_raw_s'])}", tt,
                      f"{e['final_success']['mean']:.3f} +- {e['final_success']['std']:.3f}", fmt_range(e["train_s"], 1),
                      *(f"{sp[name]:.2f}" for name in SPLIT)])
     return "\n".join([
@@ -135,11 +170,12 @@ def markdown(result: dict[str, Any]) -> str:
         f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}. {result['settings']['seeds']} seed(s) per method; "
         f"overrides {result['settings']['overrides']}. {result['note']}.",
         "",
-        table(["method", "reached", "time to target s", "final success (mean +- std)", "train s",
+        table(["method", "RL steps", "reached", "time to target s", "final success (mean +- std)", "train s",
                *(f"{n} s/step" for n in SPLIT)], rows),
         "",
         f"target success {result['target_success']:.3f}; **speedup_to_target** {result['speedup_to_target']:.2f}; "
-        f"**final_success_gap_points** (GRPO - PCM) {result['final_success_gap_points']:.1f}.",
+        f"**final_success_gap_points** (GRPO - PCM, each over its own steps) {result['final_success_gap_points']:.1f}; "
+        f"at GRPO's steps {result['final_success_gap_points_equal_steps']:.1f}.",
     ])
 
 

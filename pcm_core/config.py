@@ -74,6 +74,9 @@ class SFTConfig(Section):
     epochs: int = Field(10, gt=0)
     lr: float = Field(1e-3, gt=0.0)
     batch_size: int = Field(32, gt=0)
+    seed: int | None = Field(
+        None, ge=0, description="seed of the demonstrations and the cloning; None: train.seed (a fixed value shares one warm start across RL seeds)"
+    )
     cache_dir: str = Field("~/.cache/pcm-vla/warm_start", description="warm-start checkpoints are reused from here")
 
 

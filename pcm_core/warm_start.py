@@ -25,11 +25,16 @@ from pcm_core.interfaces import EnvBackend, PolicyBackend
 
 def cache_path(config: RunConfig) -> Path:
     """Folder of the cached warm start for this env, policy, SFT settings and seed."""
-    sft = config.train.sft.model_dump(exclude={"cache_dir"})
+    sft = config.train.sft.model_dump(exclude={"cache_dir", "seed"})
     env = config.env.model_dump(exclude={"workers"})  # where the envs run does not change the demonstrations
-    key = {"env": env, "policy": config.policy.model_dump(), "sft": sft, "seed": config.train.seed}
+    key = {"env": env, "policy": config.policy.model_dump(), "sft": sft, "seed": sft_seed(config)}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return Path(config.train.sft.cache_dir).expanduser() / digest
+
+
+def sft_seed(config: RunConfig) -> int:
+    """The seed of the warm start: ``train.sft.seed``, or ``train.seed`` when that is None."""
+    return config.train.seed if config.train.sft.seed is None else config.train.sft.seed
 
 
 def collect_demonstrations(
@@ -153,13 +158,13 @@ def warm_start(policy: PolicyBackend, env: EnvBackend, config: RunConfig, log: C
     sft = config.train.sft
     log(f"warm start: collecting {sft.demos} scripted demonstrations")
     obs, instructions, actions = collect_demonstrations(
-        env, policy.action_spec.chunk_size, sft.demos, config.train.seed, sft.execution_noise, sft.gripper_flip_prob
+        env, policy.action_spec.chunk_size, sft.demos, sft_seed(config), sft.execution_noise, sft.gripper_flip_prob
     )
     if len(actions) == 0:
         raise ConfigError("warm start: the scripted expert produced no successful demonstration.\nFix: check the env options")
     log(f"warm start: behaviour cloning on {len(actions)} chunks for {sft.epochs} epochs")
     behaviour_clone(
-        policy, obs, instructions, actions, sft.epochs, sft.lr, sft.batch_size, config.train.seed,
+        policy, obs, instructions, actions, sft.epochs, sft.lr, sft.batch_size, sft_seed(config),
         on_epoch=lambda epoch, loss: log(f"  epoch {epoch + 1}/{sft.epochs}: loss {loss:.3f}"),
     )
     folder.mkdir(parents=True, exist_ok=True)

@@ -37,6 +37,9 @@ def test_benchmark_tiny_writes_outputs(name, tmp_path):
         for variant, measured in result["variants"].items():
             (run,) = measured["training"]["runs"]
             assert 0.0 <= run["warm_start_success"] <= 1.0 and 0.0 <= run["final_success"] <= 1.0, variant
+    if name == "time_to_success":  # PCM runs twice GRPO's steps, both from the one warm start
+        assert {run["method"]: run["steps"] for run in result["runs"]} == {"grpo": 1, "pcm": 2}
+        assert {run["config"]["train"]["sft"]["seed"] for run in result["runs"]} == {0}
 
 
 def test_grad_update_differs_only_in_kept_chunks(tmp_path):
@@ -47,6 +50,15 @@ def test_grad_update_differs_only_in_kept_chunks(tmp_path):
     assert summary["all"]["kept_chunks"] == chunks
     assert summary["pcm@4"]["kept_chunks"] == 4 * len(result["batch"]["chunks_per_trajectory"])
 
+
+def test_time_to_success_final_success_averages_the_last_evaluations():
+    from benchmarks.time_to_success import final_success, settings, success_at_steps
+
+    curve = [(0, 0.0, 0.1), (5, 10.0, 0.2), (10, 20.0, 0.3), (15, 30.0, 0.7)]  # (step, seconds, success)
+    assert final_success(curve, 3) == pytest.approx(0.4)
+    assert final_success(curve[:2], 3) == pytest.approx(0.15)
+    assert success_at_steps(curve, [5, 15, 20]) == pytest.approx(0.45)
+    assert settings(quick=False)["steps"] == {"grpo": 50, "pcm": 100}
 
 
 def test_a_run_stopped_by_a_signal_ends_the_benchmark(monkeypatch):
