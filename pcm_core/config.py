@@ -40,9 +40,9 @@ class PCMConfig(Section):
     budget: int = Field(12, gt=0, description="B: chunks kept per trajectory (all when T_i <= B)")
     budget_scaling: Literal["fixed", "length"] = Field(
         "length",
-        description="length: a trajectory of T_i chunks keeps round(B T_i / T), at least 1, T the batch's padded length "
-        "(the horizon once one trajectory runs to it, as every failure does), so episodes that end at success keep "
-        "the same fraction B / T; fixed: every trajectory keeps min(B, T_i) (the paper). Equal at T_i = T",
+        description="length: a trajectory of T_i chunks keeps round(B T_i / T), at least 1, T the episode horizon in "
+        "chunks (the env's step limit / K), so episodes that end at success keep the same fraction B / T; "
+        "fixed: every trajectory keeps min(B, T_i) (the paper). Equal at T_i = T",
     )
     segmenter: str = Field("gripper", description="phase segmenter")
     segmenter_options: dict[str, Any] = Field(default_factory=dict)

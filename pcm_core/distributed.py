@@ -432,7 +432,7 @@ class DistributedLearner(Learner):
         step_seed = int(torch.randint(0, 2**62, (1,), generator=self.generator))  # same on every rank
         offset, num_global = self._trajectory_offset(batch.num_trajectories)
         seeds = step_seed + offset + torch.arange(batch.num_trajectories)  # one stream per global trajectory
-        budgets = trajectory_budgets(batch.lengths, self.pcm.budget, self.pcm.budget_scaling, batch.max_chunks)  # B_i  [N_r]
+        budgets = trajectory_budgets(batch.lengths, self.pcm.budget, self.pcm.budget_scaling, batch.horizon_chunks)  # B_i  [N_r]
         selection = select_per_trajectory(self.sampler, phases, batch.lengths, keep_probs, budgets, seeds)
         compact_batch = compact(batch, selection, advantages, self.pcm.estimator, self.train.loss_aggregation)
         kept_local = int(selection.keep.sum())

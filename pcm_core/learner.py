@@ -80,7 +80,7 @@ class Learner:
         phases = self.segmenter.segment(batch)  # k(i, t)  [N, T]
         scores = self.proxy.score(batch, phases, self.segmenter.num_phases)  # v_k as sums/counts
         keep_probs = self.keep_probs.update(scores)  # q_k  [P]
-        budgets = trajectory_budgets(batch.lengths, self.pcm.budget, self.pcm.budget_scaling, batch.max_chunks)  # B_i  [N]
+        budgets = trajectory_budgets(batch.lengths, self.pcm.budget, self.pcm.budget_scaling, batch.horizon_chunks)  # B_i  [N]
         selection = self.sampler.select(phases, batch.lengths, keep_probs, budgets, self.generator)
         compact_batch = compact(batch, selection, advantages, self.pcm.estimator, self.train.loss_aggregation)
         return SelectionResult(advantages, phases, scores, keep_probs.clone(), selection, compact_batch)

@@ -182,6 +182,7 @@ def _run_episodes(
             key: zero_padding(stack([torch.as_tensor(np.asarray(i[key])) for i in infos]))
             for key in (infos[0] if infos else {})
         },
+        horizon=max_chunks,
     )
     return batch, lost
 
@@ -210,4 +211,5 @@ def concat(batches: Sequence[RolloutBatch]) -> RolloutBatch:
         group_index=torch.cat([b.group_index + int(o) for b, o in zip(batches, offsets)]),
         info={k: torch.cat([pad(b.info[k]) for b in batches]) for k in batches[0].info},
         dropped=sum(b.dropped for b in batches),
+        horizon=max(b.horizon_chunks for b in batches),
     )

@@ -59,6 +59,7 @@ class RolloutBatch:
         info: per-chunk environment info, each ``[N, T, ...]`` (e.g. ``phase`` labels, ``gripper``).
         dropped: trajectories collected for this batch but left out because their env worker
             died (and group members left too few to compare); not among the ``N``.
+        horizon: the most chunks an episode can have (the env's step limit over ``K``); None: ``T``.
     """
 
     obs: dict[str, Tensor]
@@ -72,6 +73,7 @@ class RolloutBatch:
     group_index: Tensor
     info: dict[str, Tensor] = field(default_factory=dict)
     dropped: int = 0
+    horizon: int | None = None
 
     @property
     def num_trajectories(self) -> int:
@@ -80,6 +82,11 @@ class RolloutBatch:
     @property
     def max_chunks(self) -> int:
         return int(self.tokens.shape[1])
+
+    @property
+    def horizon_chunks(self) -> int:
+        """The episode horizon in chunks: ``horizon``, or ``T`` when the batch does not know it."""
+        return self.max_chunks if self.horizon is None else self.horizon
 
     @property
     def chunk_mask(self) -> Tensor:
@@ -102,6 +109,7 @@ class RolloutBatch:
             group_index=self.group_index[index],
             info={k: v[index] for k, v in self.info.items()},
             dropped=self.dropped,
+            horizon=self.horizon,
         )
 
 

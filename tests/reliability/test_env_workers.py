@@ -4,9 +4,10 @@ stops the run with one clear error."""
 
 from __future__ import annotations
 
+import math
 import os
-import zlib
 import signal
+import zlib
 from types import SimpleNamespace
 
 import numpy as np
@@ -17,7 +18,7 @@ from rich.console import Console
 
 from pcm_core import checkpoint, runner
 from pcm_core.config import ResolvedComponent, load_config, resolve_components
-from pcm_core.rollout import GroupSpec, collect, drop_lost
+from pcm_core.rollout import GroupSpec, collect, concat, drop_lost
 from pcm_core.types import ActionSpec, PolicyOutput, RolloutBatch
 from pcm_core.vector_env import EnvWorkerError, SubprocessEnv
 from pcm_tabletop.env import TabletopEnv, TabletopOptions
@@ -100,7 +101,7 @@ def test_drop_lost_keeps_groups_with_two_survivors():
         instructions=[f"i{k}" for k in range(n)],
         actions=torch.zeros(n, t, 4, 7), tokens=torch.zeros(n, t, 4, dtype=torch.long),
         old_logprobs=torch.zeros(n, t, 4), entropy=torch.zeros(n, t), lengths=torch.full((n,), t),
-        rewards=torch.tensor([1.0, 0, 1, 0, 1, 0, 1, 1, 0]), group_index=torch.arange(n) // 3,
+        rewards=torch.tensor([1.0, 0, 1, 0, 1, 0, 1, 1, 0]), group_index=torch.arange(n) // 3, horizon=5,
     )
     lost = np.array([0, 0, 1, 1, 1, 0, 0, 0, 0], dtype=bool)  # group 1 keeps one member: dropped whole
     kept = drop_lost(batch, lost)
@@ -109,6 +110,7 @@ def test_drop_lost_keeps_groups_with_two_survivors():
     assert kept.rewards.tolist() == [1.0, 0.0, 1.0, 1.0, 0.0]
     assert kept.dropped == 4
     assert drop_lost(batch, lost, min_members=1).dropped == 3
+    assert kept.horizon == concat([kept, kept]).horizon == 5  # the episode horizon survives, unlike the padding
 
 
 def test_worker_killed_by_pid_mid_rollout(workers, caplog):
@@ -129,6 +131,7 @@ def test_worker_killed_by_pid_mid_rollout(workers, caplog):
         "restarting it, its envs' episodes are lost"
     ]
     assert batch.dropped == 2 and batch.group_index.tolist() == [0, 0, 1, 1]
+    assert batch.horizon == math.ceil(reference.max_steps / 4)
     survivors = expected[0].select_trajectories(torch.tensor([0, 1, 4, 5]))
     assert batch.instructions == survivors.instructions
     for key, value in survivors.obs.items():
