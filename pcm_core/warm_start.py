@@ -18,16 +18,25 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from pcm_core.config import RunConfig
+from pcm_core.config import RunConfig, resolve_components
 from pcm_core.errors import ConfigError
 from pcm_core.interfaces import EnvBackend, PolicyBackend
 
 
 def cache_path(config: RunConfig) -> Path:
-    """Folder of the cached warm start for this env, policy, SFT settings and seed."""
+    """Folder of the cached warm start for this env, policy, SFT settings and seed.
+
+    Env and policy enter with their validated options (defaults filled in), so an option written
+    out at its default value keeps the same warm start; where the envs run (``env.workers``) does
+    not change the demonstrations and is left out.
+    """
+    components = resolve_components(config, check_installed=False)
     sft = config.train.sft.model_dump(exclude={"cache_dir", "seed"})
-    env = config.env.model_dump(exclude={"workers"})  # where the envs run does not change the demonstrations
-    key = {"env": env, "policy": config.policy.model_dump(), "sft": sft, "seed": sft_seed(config)}
+    key = {
+        kind: {"name": components[kind].name, "options": components[kind].options.model_dump(mode="json")}
+        for kind in ("env", "policy")
+    }
+    key.update(sft=sft, seed=sft_seed(config))
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return Path(config.train.sft.cache_dir).expanduser() / digest
 

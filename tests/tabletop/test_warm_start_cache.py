@@ -19,3 +19,9 @@ def test_a_fixed_sft_seed_shares_one_warm_start_across_training_seeds():
 
 def test_where_the_envs_run_does_not_change_the_warm_start():
     assert cache_path(load_config(None, [])) == cache_path(load_config(None, ["env.workers=2"]))
+
+
+def test_options_written_out_at_their_defaults_keep_the_warm_start():
+    default = cache_path(load_config(None, []))
+    assert default == cache_path(load_config(None, ["env.options.max_steps=256", "policy.options.size=1m"]))
+    assert default != cache_path(load_config(None, ["env.options.max_steps=128"]))
