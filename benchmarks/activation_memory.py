@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import (
-    build_env, build_policy, collect_batch, config_for, machine, make_learner, resolve_device, seed_everything,
+    apply_batch_args, build_env, build_policy, collect_batch, config_for, machine, machine_line, make_learner, resolve_device, seed_everything,
     table, write_outputs,
 )
 from pcm_core.plots import pyplot
@@ -32,20 +32,24 @@ def settings(quick: bool, args: argparse.Namespace | None = None) -> dict[str, A
         "groups": 2,
         "group_size": 2,
         "max_steps": 256,
+        "dtype": "float32",
         "seed": 0,
     }
     if args is not None:
+        apply_batch_args(s, args)
         if getattr(args, "sizes", None):
             s["sizes"] = args.sizes.split(",")
         if getattr(args, "max_steps", None):
             s["max_steps"] = args.max_steps
+        if getattr(args, "micro_batch_size", None):
+            s["micro_batch_sizes"] = {size: [args.micro_batch_size] for size in s["sizes"]}
         if getattr(args, "tiny", False):
             s.update(sizes=["1m"], micro_batch_sizes={"1m": [64]}, max_steps=64)
     return s
 
 
 def measure(size: str, micro: int, budgets: list[int], batch, s: dict[str, Any], device, log) -> dict[str, Any]:
-    overrides = [f"train.micro_batch_size={micro}", f"env.options.max_steps={s['max_steps']}"]
+    overrides = [f"train.micro_batch_size={micro}", f"env.options.max_steps={s['max_steps']}", f"train.dtype={s['dtype']}"]
     policy = build_policy(config_for("all", 12, size, overrides=overrides), device)
     rows: dict[str, Any] = {}
     for name, sampler, budget in [("all", "all", max(budgets))] + [(f"pcm@{b}", "pcm", b) for b in budgets]:
@@ -74,8 +78,9 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [
         "# activation_memory: saved-for-backward bytes per update, GRPO (`all`) vs PCM",
         "",
-        f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({result['device']}). One batch of "
-        f"{len(result['batch']['chunks_per_trajectory'])} trajectories x {result['batch']['chunks_per_trajectory'][0]} chunks. "
+        f"{machine_line(m, result['device'])} One batch of "
+        f"{len(result['batch']['chunks_per_trajectory'])} trajectories x {result['batch']['chunks_per_trajectory'][0]} chunks; "
+        f"{result['settings'].get('dtype', 'float32')} autocast on CUDA. "
         "`total`: sum over micro-batches (= one pass over the kept batch); `peak`: largest micro-batch.",
         "",
     ]

@@ -62,6 +62,12 @@ def machine() -> dict[str, Any]:
     return info
 
 
+def machine_line(m: dict[str, Any], device: str) -> str:
+    """``Machine: <cpu>, <cores> cores[, GPU <name>], torch <version> (<device>).`` for the markdown tables."""
+    gpu = f", GPU {m['gpu']}" if m.get("gpu") else ""
+    return f"Machine: {m['cpu']}, {m['cores']} cores{gpu}, torch {m['torch']} ({device})."
+
+
 def stats(values: Sequence[float]) -> dict[str, float]:
     """min / median / max (and n) of a list of numbers."""
     values = [float(v) for v in values]
@@ -88,6 +94,14 @@ def config_for(
     default options) with ``sampler`` and ``budget``."""
     sized = [f"policy.options.size={size}", *SIZED_SETUP] if size is not None else []
     return load_config(base, [f"pcm.sampler={sampler}", f"pcm.budget={budget}", *sized, "tracking.enabled=false", *overrides])
+
+
+def apply_batch_args(s: dict[str, Any], args: Any) -> None:
+    """``--groups``, ``--group-size`` and ``--dtype`` into benchmark settings ``s``, where given."""
+    for key in ("groups", "group_size", "dtype"):
+        value = getattr(args, key, None)
+        if value is not None:
+            s[key] = value
 
 
 def build_policy(config: RunConfig, device: torch.device):

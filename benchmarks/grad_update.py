@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from benchmarks.common import (
-    build_env, build_policy, collect_batch, config_for, fmt_range, machine, make_learner, resolve_device,
+    apply_batch_args, build_env, build_policy, collect_batch, config_for, fmt_range, machine, machine_line, make_learner, resolve_device,
     seed_everything, stats, table, write_outputs,
 )
 from pcm_core.plots import pyplot
@@ -40,9 +40,13 @@ def settings(quick: bool, args: argparse.Namespace | None = None) -> dict[str, A
         "group_size": 2,
         "max_steps": 256,
         "micro_batch_size": 64,
+        "dtype": "float32",
         "seed": 0,
     }
     if args is not None:
+        apply_batch_args(s, args)
+        if getattr(args, "micro_batch_size", None):
+            s["micro_batch_size"] = args.micro_batch_size
         if getattr(args, "sizes", None):
             s["sizes"] = args.sizes.split(",")
         if getattr(args, "repeats", None):
@@ -69,7 +73,8 @@ def _update(learner, batch, device) -> dict[str, float]:
 
 def measure_size(size: str, batch, s: dict[str, Any], device: torch.device, log) -> dict[str, Any]:
     """All configurations of one model size, ``repeats`` interleaved rounds."""
-    overrides = [f"train.micro_batch_size={s['micro_batch_size']}", f"env.options.max_steps={s['max_steps']}"]
+    overrides = [f"train.micro_batch_size={s['micro_batch_size']}", f"env.options.max_steps={s['max_steps']}",
+                 f"train.dtype={s['dtype']}"]
     policy = build_policy(config_for("all", 12, size, overrides=overrides), device)
     params = sum(p.numel() for p in policy.module.parameters())
     budgets = s.get("budgets_by_size", {}).get(size, s["budgets"])
@@ -83,7 +88,7 @@ def measure_size(size: str, batch, s: dict[str, Any], device: torch.device, log)
     _update(learners[f"pcm@{min(budgets)}"], batch, device)  # allocate AdamW state, warm the allocator
     rng = random.Random(s["seed"])
     samples: list[dict[str, Any]] = []
-    for repeat in range(s["repeats"][size]):
+    for repeat in range(s["repeats"].get(size, 3)):
         order = names[:]
         rng.shuffle(order)
         for name in order:
@@ -131,14 +136,14 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [
         "# grad_update: GRPO (`all`) vs PCM, one full update on one batch",
         "",
-        f"Machine: {result['machine']['cpu']}, {result['machine']['cores']} cores, torch {result['machine']['torch']}"
-        f" ({result['device']}). Batch: {s['groups']}x{s['group_size']} trajectories of "
-        f"{result['batch']['chunks_per_trajectory'][0]} chunks; micro-batch {s['micro_batch_size']}."
+        f"{machine_line(result['machine'], result['device'])} Batch: {s['groups']}x{s['group_size']} trajectories of "
+        f"{result['batch']['chunks_per_trajectory'][0]} chunks; micro-batch {s['micro_batch_size']}; "
+        f"{s.get('dtype', 'float32')} autocast on CUDA."
         f" Times in seconds, median (min-max) over interleaved repeats.",
         "",
     ]
     for size, r in result["sizes"].items():
-        lines += [f"## {size} ({r['parameters'] / 1e6:.1f}M parameters, {s['repeats'][size]} repeats)", ""]
+        lines += [f"## {size} ({r['parameters'] / 1e6:.1f}M parameters, {s['repeats'].get(size, 3)} repeats)", ""]
         rows = []
         for name, e in r["summary"].items():
             rows.append([

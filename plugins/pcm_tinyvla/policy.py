@@ -26,9 +26,11 @@ SIZE_PRESETS: dict[str, dict[str, int]] = {
     "1m": {"hidden_size": 128, "num_layers": 4, "num_heads": 4, "intermediate_size": 384},
     "25m": {"hidden_size": 512, "num_layers": 8, "num_heads": 8, "intermediate_size": 1344},
     "100m": {"hidden_size": 768, "num_layers": 14, "num_heads": 12, "intermediate_size": 2048},
+    "1b": {"hidden_size": 2048, "num_layers": 22, "num_heads": 16, "intermediate_size": 5632},
 }
 """Trunk sizes by ``size`` option; parameters measured with the default K=4, D=7, 64x64 images,
-patch 32, one query per action: 1.51M, 27.6M, 103M (see ``tests/tinyvla/test_tinyvla.py::test_size_presets``)."""
+patch 32, one query per action: 1.51M, 27.6M, 103M, 1.13B (see
+``tests/tinyvla/test_tinyvla.py::test_size_presets``). ``1b`` is for GPU benchmarks."""
 
 ARCHITECTURE_FIELDS: dict[str, str] = {
     "chunk_size": "chunk_size",
@@ -56,7 +58,7 @@ class TinyVLAOptions(Options):
         description="None: random init; else a folder written by save() or a Hugging Face hub id "
         "(loaded with from_pretrained, never trust_remote_code)",
     )
-    size: Literal["1m", "25m", "100m"] = Field(
+    size: Literal["1m", "25m", "100m", "1b"] = Field(
         "1m", description="preset for hidden_size/num_layers/num_heads/intermediate_size (explicit values win)"
     )
     chunk_size: int = Field(4, gt=0, description="K: actions per chunk")

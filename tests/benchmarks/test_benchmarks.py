@@ -51,6 +51,20 @@ def test_grad_update_differs_only_in_kept_chunks(tmp_path):
     assert summary["pcm@4"]["kept_chunks"] == 4 * len(result["batch"]["chunks_per_trajectory"])
 
 
+def test_batch_options_reach_both_memory_and_speed_benchmarks():
+    from benchmarks import activation_memory, grad_update
+    from benchmarks.__main__ import parser
+
+    args = parser().parse_args(["grad_update", "--sizes", "100m,1b", "--groups", "8", "--group-size", "4",
+                                "--micro-batch-size", "256", "--dtype", "bfloat16"])
+    speed, memory = grad_update.settings(False, args), activation_memory.settings(False, args)
+    for s in (speed, memory):
+        assert (s["groups"], s["group_size"], s["dtype"], s["sizes"]) == (8, 4, "bfloat16", ["100m", "1b"])
+    assert speed["micro_batch_size"] == 256
+    assert memory["micro_batch_sizes"] == {"100m": [256], "1b": [256]}
+    assert grad_update.settings(False)["dtype"] == "float32"  # the CPU default is unchanged
+
+
 def test_time_to_success_final_success_averages_the_last_evaluations():
     from benchmarks.time_to_success import final_success, settings, success_at_steps
 

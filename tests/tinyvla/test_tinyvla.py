@@ -162,7 +162,7 @@ def test_action_spec_sets_fresh_model() -> None:
     assert policy.action_spec == ActionSpec(2, 3) and policy.tokens_per_chunk == 6
 
 
-@pytest.mark.parametrize(("size", "low", "high"), [("1m", 1.4e6, 1.6e6), ("25m", 26e6, 29e6), ("100m", 98e6, 108e6)])
+@pytest.mark.parametrize(("size", "low", "high"), [("1m", 1.4e6, 1.6e6), ("25m", 26e6, 29e6), ("100m", 98e6, 108e6), ("1b", 1.05e9, 1.2e9)])
 def test_size_presets(size: str, low: float, high: float) -> None:
     options = TinyVLAOptions(size=size)
     assert options.hidden_size == SIZE_PRESETS[size]["hidden_size"]

@@ -1,0 +1,78 @@
+"""The learner on a CUDA device: rollouts, masked-vs-sliced gradients, bf16 updates, peak memory.
+
+Skipped without a GPU (CI has none); run on one with ``pytest -m cuda tests/gpu``.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from benchmarks.common import build_env, build_policy, collect_batch, config_for, make_learner
+from pcm_core.algo.grpo import group_advantages
+from pcm_core.algo.pcm import compact
+from pcm_core.profiling import StepTimer
+from pcm_core.types import Selection
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
+
+OVERRIDES = ["env.options.max_steps=64", "train.micro_batch_size=8"]
+
+
+@pytest.fixture(scope="module")
+def setup():
+    """A 1m tinyvla on the GPU and a 2 x 2 trajectory batch it collected (16 chunks each)."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False  # exact float32 for the gradient comparison
+    config = config_for("pcm", 4, "1m", overrides=OVERRIDES)
+    policy = build_policy(config, torch.device("cuda"))
+    env = build_env(config, 4)
+    batch, _ = collect_batch(policy, env, groups=2, group_size=2, seed=0)
+    env.close()
+    return policy, batch
+
+
+def gradient(learner, compact_batch) -> torch.Tensor:
+    learner.optimizer.zero_grad(set_to_none=False)
+    learner.backward(compact_batch)
+    return torch.cat([p.grad.flatten() for p in learner.policy.module.parameters()]).clone()
+
+
+def test_rollout_batch_is_on_the_cpu(setup):
+    _, batch = setup
+    assert batch.tokens.device.type == "cpu" and batch.old_logprobs.device.type == "cpu"
+    assert batch.num_trajectories == 4 and int(batch.lengths.max()) == 16
+
+
+def test_kept_chunks_alone_give_the_full_batch_gradient_with_zero_weights(setup):
+    """Physically dropping chunks changes nothing but the work: float32 on the GPU, same gradient."""
+    policy, batch = setup
+    learner = make_learner(policy, config_for("pcm", 4, "1m", overrides=OVERRIDES))
+    result = learner.select(batch)
+    advantages = group_advantages(batch.rewards, batch.group_index)
+    every = Selection(keep=batch.chunk_mask.clone(), inclusion_prob=batch.chunk_mask.double())
+    full = compact(batch, every, advantages, "masked", learner.train.loss_aggregation)
+    weight = torch.zeros(batch.chunk_mask.shape, dtype=full.weights.dtype)
+    weight[result.batch.trajectory, result.batch.chunk] = result.batch.weights
+    full.weights = weight[full.trajectory, full.chunk]
+    assert len(result.batch) == 16 < len(full) == 64
+    kept_grad, full_grad = gradient(learner, result.batch), gradient(learner, full)
+    assert kept_grad.abs().sum() > 0
+    torch.testing.assert_close(kept_grad, full_grad, rtol=1e-4, atol=1e-6)
+
+
+def test_bf16_update_reports_peak_memory_and_moves_the_weights(setup):
+    policy, batch = setup
+    before = [p.detach().clone() for p in policy.module.parameters()]
+    peaks = {}
+    for sampler in ("all", "pcm"):
+        learner = make_learner(policy, config_for(sampler, 4, "1m", overrides=[*OVERRIDES, "train.dtype=bfloat16"]))
+        metrics = learner.update(batch, StepTimer())
+        assert torch.isfinite(torch.tensor(metrics["loss"])) and metrics["faults/skipped_updates"] == 0
+        peaks[sampler] = (metrics["cuda_peak_memory_bytes"], metrics["saved_activation_bytes"])
+    assert any(not torch.equal(a, b) for a, b in zip(before, policy.module.parameters()))
+    assert peaks["pcm"][1] < peaks["all"][1]  # 16 of 64 chunks saved for backward
+    assert 0 < peaks["pcm"][0] <= peaks["all"][0]
