@@ -2,9 +2,10 @@
 
 One forward pass reads the sequence
 
-    [image patch tokens (N_p), state tokens (N_s), instruction tokens (T), action queries (Q)]
+    [instruction tokens (T), image patch tokens (N_p), state tokens (N_s), action queries (Q)]
 
-through a ``LlamaModel`` (causal attention, RoPE), and a dedicated head over the Q query positions
+(``instruction_first``; checkpoints saved before it existed read the instruction after the
+image and states) through a ``LlamaModel`` (causal attention, RoPE), and a dedicated head over the Q query positions
 gives the 256-way logits of every action token of the chunk at once (OpenVLA-OFT's parallel
 decoding: the queries are learned embeddings, not previously sampled tokens, so all L = K * D
 tokens come from one pass). ``queries="token"`` has one query per action token (Q = L, a 256-way
@@ -16,10 +17,12 @@ language-model vocabulary. The instruction embedding table is the Llama ``embed_
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from transformers import LlamaConfig, LlamaModel, PretrainedConfig, PreTrainedModel
+from transformers import DynamicCache, LlamaConfig, LlamaModel, PretrainedConfig, PreTrainedModel
 from transformers import initialization as init
 
 from pcm_tinyvla.binning import NUM_BINS
@@ -39,6 +42,9 @@ class TinyVLAConfig(PretrainedConfig):
         vocab_size: instruction vocabulary size. max_instruction_tokens: T, fixed padded length.
         num_bins: action bins per token (256).
         queries: ``"token"`` (one query per action token) or ``"action"`` (one per action).
+        instruction_first: the instruction opens the sequence, so its keys and values depend on
+            the instruction alone and :class:`InstructionPrefixCache` reuses them across chunks;
+            False (the layout of older checkpoints) reads it after the image and states.
     """
 
     model_type = "tinyvla"
@@ -57,6 +63,7 @@ class TinyVLAConfig(PretrainedConfig):
     max_instruction_tokens: int = 16
     num_bins: int = NUM_BINS
     queries: str = "token"
+    instruction_first: bool = False
     initializer_range: float = 0.02
     rms_norm_eps: float = 1e-6
 
@@ -78,7 +85,7 @@ class TinyVLAConfig(PretrainedConfig):
         return self.tokens_per_chunk if self.queries == "token" else self.chunk_size
 
     def llama_config(self) -> LlamaConfig:
-        """The configuration of the Llama trunk (no KV cache: every call is one full pass)."""
+        """The configuration of the Llama trunk (a KV cache only for the instruction prefix)."""
         return LlamaConfig(
             vocab_size=self.vocab_size,
             hidden_size=self.hidden_size,
@@ -162,6 +169,7 @@ class TinyVLAForActionPrediction(PreTrainedModel):
         input_ids: Tensor,
         attention_mask: Tensor,
         states: dict[str, Tensor] | None = None,
+        prefix: DynamicCache | None = None,
     ) -> Tensor:
         """Action-token logits of one chunk per observation.
 
@@ -169,6 +177,9 @@ class TinyVLAForActionPrediction(PreTrainedModel):
             images: uint8 ``[B, H, W, 3]``.
             input_ids: ``[B, T]`` instruction token ids. attention_mask: ``[B, T]`` 1 = real token.
             states: float ``[B, S_key]`` per state key (missing keys are skipped).
+            prefix: with ``instruction_first``, the instruction's keys and values for these B rows
+                (:meth:`InstructionPrefixCache.for_batch`); the instruction is then not recomputed.
+                The cache is extended in place: use it for one call.
 
         Returns:
             ``[B, L, num_bins]`` unnormalised logits, ``L = K * D`` in (action, dimension) order.
@@ -176,12 +187,77 @@ class TinyVLAForActionPrediction(PreTrainedModel):
         batch = images.shape[0]
         image_tokens = self.embed_image(images)  # [B, N_p, h]
         state_tokens = self.embed_states(states or {}, batch)  # [B, N_s, h]
-        text_tokens = self.llm.embed_tokens(input_ids)  # [B, T, h]
         queries = self.action_queries.expand(batch, -1, -1)  # [B, Q, h]
-        sequence = torch.cat([image_tokens, state_tokens, text_tokens, queries], dim=1)  # [B, N, h]
-        prefix = image_tokens.shape[1] + state_tokens.shape[1]
-        ones = attention_mask.new_ones(batch, prefix)
-        mask = torch.cat([ones, attention_mask, attention_mask.new_ones(batch, queries.shape[1])], dim=1)  # [B, N]
-        hidden = self.llm(inputs_embeds=sequence, attention_mask=mask).last_hidden_state  # [B, N, h]
+        observation = torch.cat([image_tokens, state_tokens], dim=1)  # [B, N_p + N_s, h]
+        ones = attention_mask.new_ones(batch, observation.shape[1] + queries.shape[1])
+        if self.config.instruction_first:
+            mask = torch.cat([attention_mask, ones], dim=1)  # [B, N]
+            if prefix is not None:
+                rest = torch.cat([observation, queries], dim=1)  # [B, N - T, h]
+                hidden = self.llm(inputs_embeds=rest, attention_mask=mask, **{CACHE_ARGUMENT: prefix}).last_hidden_state
+            else:
+                text_tokens = self.llm.embed_tokens(input_ids)  # [B, T, h]
+                sequence = torch.cat([text_tokens, observation, queries], dim=1)  # [B, N, h]
+                hidden = self.llm(inputs_embeds=sequence, attention_mask=mask).last_hidden_state  # [B, N, h]
+        else:
+            if prefix is not None:
+                raise ValueError("an instruction prefix cache needs instruction_first=True")
+            text_tokens = self.llm.embed_tokens(input_ids)  # [B, T, h]
+            sequence = torch.cat([observation, text_tokens, queries], dim=1)  # [B, N, h]
+            n_obs, n_queries = observation.shape[1], queries.shape[1]
+            mask = torch.cat([ones[:, :n_obs], attention_mask, ones[:, :n_queries]], dim=1)  # [B, N]
+            hidden = self.llm(inputs_embeds=sequence, attention_mask=mask).last_hidden_state  # [B, N, h]
         logits = self.action_head(hidden[:, -queries.shape[1] :])  # [B, Q, L / Q * num_bins]
         return logits.reshape(batch, self.config.tokens_per_chunk, self.config.num_bins)  # [B, L, num_bins]
+
+
+CACHE_ARGUMENT = "cache" if "cache" in inspect.signature(LlamaModel.forward).parameters else "past_key_values"
+"""The name ``LlamaModel.forward`` gives its KV cache argument in the installed transformers."""
+
+
+class InstructionPrefixCache:
+    """The keys and values of each instruction's tokens, computed once per instruction.
+
+    With ``instruction_first``, attention is causal and the instruction comes first, so its keys
+    and values depend only on the instruction text and the weights: a rollout that asks for the
+    same instruction at every chunk computes them once. Any change of the trunk's weights (an
+    optimizer step, a loaded state dict, a move to another device) empties the cache.
+    """
+
+    def __init__(self, model: TinyVLAForActionPrediction) -> None:
+        if not model.config.instruction_first:
+            raise ValueError("the instruction prefix cache needs a model with instruction_first=True")
+        self.model = model
+        self.entries: dict[str, list[tuple[Tensor, Tensor]]] = {}  # text -> per layer (keys, values) [heads, T, d]
+        self.weights_version: tuple[tuple[object, ...], ...] = ()
+
+    def _current_version(self) -> tuple[tuple[object, ...], ...]:
+        """Identity, in-place-update counter, device and dtype of every trunk parameter."""
+        return tuple((id(p), p._version, p.device, p.dtype) for p in self.model.llm.parameters())
+
+    def for_batch(self, instructions: list[str], input_ids: Tensor, attention_mask: Tensor) -> DynamicCache:
+        """A fresh cache holding the instruction prefix of every row (``input_ids`` ``[B, T]``)."""
+        version = self._current_version()
+        if version != self.weights_version:
+            self.entries.clear()
+            self.weights_version = version
+        first_row = {text: row for row, text in reversed(list(enumerate(instructions)))}
+        missing = [text for text in first_row if text not in self.entries]
+        if missing:
+            rows = torch.tensor([first_row[text] for text in missing], device=input_ids.device)
+            cache = DynamicCache()
+            self.model.llm(
+                inputs_embeds=self.model.llm.embed_tokens(input_ids[rows]),
+                attention_mask=attention_mask[rows],
+                use_cache=True,
+                **{CACHE_ARGUMENT: cache},
+            )
+            layers = [(layer.keys, layer.values) for layer in cache.layers]  # each [U, heads, T, d]
+            for i, text in enumerate(missing):
+                self.entries[text] = [(keys[i], values[i]) for keys, values in layers]
+        batch = DynamicCache()
+        for layer in range(len(self.entries[instructions[0]])):
+            keys = torch.stack([self.entries[text][layer][0] for text in instructions])  # [B, heads, T, d]
+            values = torch.stack([self.entries[text][layer][1] for text in instructions])
+            batch.update(keys, values, layer)
+        return batch

@@ -45,6 +45,7 @@ ARCHITECTURE_FIELDS: dict[str, str] = {
     "max_state_dim": "max_state_dim",
     "max_instruction_tokens": "max_instruction_tokens",
     "queries": "queries",
+    "instruction_first": "instruction_first",
 }
 """Option name -> ``TinyVLAConfig`` attribute, for every option that fixes the architecture."""
 
@@ -80,6 +81,10 @@ class TinyVLAOptions(Options):
     queries: Literal["token", "action"] = Field(
         "action", description="action queries: one per token (OpenVLA-OFT, K*D) or one per action (K, a D*256-way head)"
     )
+    instruction_first: bool = Field(
+        True, description="the instruction opens the token sequence, so rollouts compute its keys and values once "
+        "per instruction instead of at every chunk; checkpoints saved before this option read it after the image"
+    )
     temperature: float = Field(1.0, gt=0.0, description="softmax temperature of the action-token distribution")
     seed: int = Field(0, ge=0, description="seed of the random initialisation")
 
@@ -109,7 +114,7 @@ class TinyVLAPolicy(PolicyBackend):
 
     def __init__(self, options: TinyVLAOptions, action_spec: ActionSpec | None = None) -> None:
         super().__init__(options, action_spec)
-        from pcm_tinyvla.modeling import TinyVLAForActionPrediction
+        from pcm_tinyvla.modeling import InstructionPrefixCache, TinyVLAForActionPrediction
         from pcm_tinyvla.tokenizer import build_tokenizer
 
         self.options: TinyVLAOptions = options
@@ -128,6 +133,7 @@ class TinyVLAPolicy(PolicyBackend):
         self.model.eval()
         self._spec = ActionSpec(self.model.config.chunk_size, self.model.config.action_dim)
         self._instruction_cache: dict[str, tuple[Tensor, Tensor]] = {}
+        self._prefix_cache = InstructionPrefixCache(self.model) if self.model.config.instruction_first else None
 
     @staticmethod
     def build_config(options: TinyVLAOptions, action_spec: ActionSpec | None = None) -> "TinyVLAConfig":
@@ -182,11 +188,18 @@ class TinyVLAPolicy(PolicyBackend):
         mask = torch.stack([self._instruction_cache[text][1] for text in instructions]).to(device)
         return ids, mask
 
-    def logits(self, obs: dict[str, Tensor], instructions: list[str]) -> Tensor:
-        """``[B, L, 256]`` tempered action-token logits for observations ``[B, ...]``."""
+    def logits(self, obs: dict[str, Tensor], instructions: list[str], reuse_prefix: bool = False) -> Tensor:
+        """``[B, L, 256]`` tempered action-token logits for observations ``[B, ...]``.
+
+        ``reuse_prefix`` (no-grad calls only) takes the instruction's keys and values from the
+        prefix cache when the model reads the instruction first; the logits are the same.
+        """
         input_ids, attention_mask = self.encode_instructions(instructions)
         states = {key: obs[key] for key in self.model.config.state_keys if key in obs}
-        logits = self.model(obs["image"], input_ids, attention_mask, states)  # [B, L, 256]
+        prefix = None
+        if reuse_prefix and self._prefix_cache is not None and not torch.is_grad_enabled():
+            prefix = self._prefix_cache.for_batch(instructions, input_ids, attention_mask)
+        logits = self.model(obs["image"], input_ids, attention_mask, states, prefix=prefix)  # [B, L, 256]
         return logits / self.options.temperature
 
     @torch.no_grad()
@@ -202,7 +215,7 @@ class TinyVLAPolicy(PolicyBackend):
         Returns actions ``[B, K, D]`` (bin centres), tokens ``[B, L]``, log-probs ``[B, L]`` and the
         mean token entropy ``[B]`` of the sampling distribution.
         """
-        log_p = torch.log_softmax(self.logits(obs, instructions).float(), dim=-1)  # [B, L, 256]
+        log_p = torch.log_softmax(self.logits(obs, instructions, reuse_prefix=True).float(), dim=-1)  # [B, L, 256]
         batch = log_p.shape[0]
         tokens = sample_tokens(log_p, generator, greedy)  # [B, L]
         logprobs = log_p.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)  # [B, L]
