@@ -2,16 +2,16 @@
 
 One forward pass reads the sequence
 
-    [instruction tokens (T), image patch tokens (N_p), state tokens (N_s), action queries (Q)]
+    [image patch tokens (N_p), state tokens (N_s), instruction tokens (T), action queries (Q)]
 
-(``instruction_first``; checkpoints saved before it existed read the instruction after the
-image and states) through a ``LlamaModel`` (causal attention, RoPE), and a dedicated head over the Q query positions
-gives the 256-way logits of every action token of the chunk at once (OpenVLA-OFT's parallel
-decoding: the queries are learned embeddings, not previously sampled tokens, so all L = K * D
-tokens come from one pass). ``queries="token"`` has one query per action token (Q = L, a 256-way
-head, OpenVLA-OFT's layout); ``queries="action"`` has one query per action (Q = K) and a
-``D x 256``-way head, the same family of distributions from a sequence 24 tokens shorter at K=4,
-D=7. Token ids are bin ids ``0..255`` (see :mod:`pcm_tinyvla.binning`); there is no shared
+(or, with ``instruction_first``, the instruction before the image, which lets rollouts reuse
+its keys and values) through a ``LlamaModel`` (causal attention, RoPE), and a dedicated head over
+the Q query positions gives the 256-way logits of every action token of the chunk at once
+(OpenVLA-OFT's parallel decoding: the queries are learned embeddings, not previously sampled
+tokens, so all L = K * D tokens come from one pass). ``queries="token"`` has one query per
+action token (Q = L, a 256-way head, OpenVLA-OFT's layout); ``queries="action"`` has one query
+per action (Q = K) and a ``D x 256``-way head, the same family of distributions from a sequence
+24 tokens shorter at K=4, D=7. Token ids are bin ids ``0..255`` (see :mod:`pcm_tinyvla.binning`); there is no shared
 language-model vocabulary. The instruction embedding table is the Llama ``embed_tokens``.
 """
 
@@ -43,8 +43,8 @@ class TinyVLAConfig(PretrainedConfig):
         num_bins: action bins per token (256).
         queries: ``"token"`` (one query per action token) or ``"action"`` (one per action).
         instruction_first: the instruction opens the sequence, so its keys and values depend on
-            the instruction alone and :class:`InstructionPrefixCache` reuses them across chunks;
-            False (the layout of older checkpoints) reads it after the image and states.
+            the instruction alone and :class:`InstructionPrefixCache` reuses them across chunks.
+            The default (False) reads it after the image and states, so that it attends to them.
     """
 
     model_type = "tinyvla"

@@ -82,8 +82,10 @@ class TinyVLAOptions(Options):
         "action", description="action queries: one per token (OpenVLA-OFT, K*D) or one per action (K, a D*256-way head)"
     )
     instruction_first: bool = Field(
-        True, description="the instruction opens the token sequence, so rollouts compute its keys and values once "
-        "per instruction instead of at every chunk; checkpoints saved before this option read it after the image"
+        False, description="the instruction opens the token sequence, so rollouts compute its keys and values once per "
+        "instruction instead of at every chunk (a 64-episode rollout of the 1m model took 0.64x the time), but the "
+        "instruction no longer attends to the image: the embedded default's warm start then reached 0.03-0.08 sampled "
+        "success instead of 0.30"
     )
     temperature: float = Field(1.0, gt=0.0, description="softmax temperature of the action-token distribution")
     seed: int = Field(0, ge=0, description="seed of the random initialisation")

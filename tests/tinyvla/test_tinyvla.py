@@ -64,45 +64,54 @@ def test_loaded_checkpoint_rejects_conflicting_architecture(policy: TinyVLAPolic
         TinyVLAPolicy(TinyVLAOptions(path=str(tmp_path), chunk_size=8))
 
 
-def test_instruction_prefix_cache_gives_the_full_forward_logits(policy: TinyVLAPolicy) -> None:
+@pytest.fixture(scope="module", params=["token", "action"])
+def first_policy(request) -> TinyVLAPolicy:
+    """The instruction-first layout, whose rollouts reuse the instruction's keys and values."""
+    return TinyVLAPolicy(TinyVLAOptions(seed=0, queries=request.param, instruction_first=True))
+
+
+def test_instruction_prefix_cache_gives_the_full_forward_logits(first_policy: TinyVLAPolicy) -> None:
     """Rows share instructions (the cache holds 3 entries for 4 rows) and match the full pass."""
     obs = make_obs()
     with torch.no_grad():
-        full = policy.logits(obs, INSTRUCTIONS)
-        cached = policy.logits(obs, INSTRUCTIONS, reuse_prefix=True)
-        again = policy.logits(obs, INSTRUCTIONS, reuse_prefix=True)  # served from the cache
-    assert len(policy._prefix_cache.entries) == 3
+        full = first_policy.logits(obs, INSTRUCTIONS)
+        cached = first_policy.logits(obs, INSTRUCTIONS, reuse_prefix=True)
+        again = first_policy.logits(obs, INSTRUCTIONS, reuse_prefix=True)  # served from the cache
+    assert len(first_policy._prefix_cache.entries) == 3
     torch.testing.assert_close(cached, full, atol=1e-5, rtol=0)
     assert torch.equal(again, cached)
+    out = first_policy.act(obs, INSTRUCTIONS, generator=torch.Generator().manual_seed(1))
+    rescored = first_policy.log_probs(obs, INSTRUCTIONS, out.tokens).detach()  # the full pass, as in training
+    torch.testing.assert_close(rescored, out.logprobs, atol=1e-5, rtol=0)
 
 
-def test_instruction_prefix_cache_follows_weight_updates(policy: TinyVLAPolicy) -> None:
+def test_instruction_prefix_cache_follows_weight_updates(first_policy: TinyVLAPolicy) -> None:
     obs = make_obs()
     with torch.no_grad():
-        before = policy.logits(obs, INSTRUCTIONS, reuse_prefix=True)
-        embedding = policy.model.llm.embed_tokens.weight
+        before = first_policy.logits(obs, INSTRUCTIONS, reuse_prefix=True)
+        embedding = first_policy.model.llm.embed_tokens.weight
         saved = embedding.clone()
         embedding.mul_(1.5)  # what an optimizer step does: an in-place update of the trunk
-        after = policy.logits(obs, INSTRUCTIONS, reuse_prefix=True)
-        full = policy.logits(obs, INSTRUCTIONS)
+        after = first_policy.logits(obs, INSTRUCTIONS, reuse_prefix=True)
+        full = first_policy.logits(obs, INSTRUCTIONS)
         embedding.copy_(saved)
     assert not torch.allclose(after, before, atol=1e-3)
     torch.testing.assert_close(after, full, atol=1e-5, rtol=0)
 
 
-def test_image_first_checkpoints_keep_their_layout(tmp_path) -> None:
-    """A model saved with the instruction after the image loads with that layout and no cache."""
-    old = TinyVLAPolicy(TinyVLAOptions(seed=0, instruction_first=False))
-    old.save(str(tmp_path))
-    loaded = TinyVLAPolicy(TinyVLAOptions(path=str(tmp_path)))
-    assert loaded.model.config.instruction_first is False and loaded._prefix_cache is None
+def test_the_layout_is_saved_with_the_model(first_policy: TinyVLAPolicy, tmp_path) -> None:
+    image_first = TinyVLAPolicy(TinyVLAOptions(seed=0, queries=first_policy.options.queries))
+    assert image_first._prefix_cache is None
     obs = make_obs()
-    with torch.no_grad():
-        assert torch.equal(loaded.logits(obs, INSTRUCTIONS, reuse_prefix=True), old.logits(obs, INSTRUCTIONS))
-        new_layout = TinyVLAPolicy(TinyVLAOptions(seed=0)).logits(obs, INSTRUCTIONS)
-        assert not torch.allclose(new_layout, old.logits(obs, INSTRUCTIONS))  # same weights, other order
+    with torch.no_grad():  # same weights, other token order: other logits; no cache to reuse
+        assert not torch.allclose(image_first.logits(obs, INSTRUCTIONS), first_policy.logits(obs, INSTRUCTIONS))
+        plain = image_first.logits(obs, INSTRUCTIONS)
+        assert torch.equal(image_first.logits(obs, INSTRUCTIONS, reuse_prefix=True), plain)
+    first_policy.save(str(tmp_path))
+    loaded = TinyVLAPolicy(TinyVLAOptions(path=str(tmp_path)))
+    assert loaded.model.config.instruction_first is True and loaded._prefix_cache is not None
     with pytest.raises(ValueError, match="instruction_first"):
-        TinyVLAPolicy(TinyVLAOptions(path=str(tmp_path), instruction_first=True))
+        TinyVLAPolicy(TinyVLAOptions(path=str(tmp_path), instruction_first=False))
 
 
 def test_act_logprobs_match_log_probs(policy: TinyVLAPolicy) -> None:
