@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import (
-    apply_batch_args, build_env, build_policy, collect_batch, config_for, machine, machine_line, make_learner, resolve_device, seed_everything,
-    table, write_outputs,
+    apply_batch_args, build_env, build_policy, collect_batch, config_for, machine, machine_line, make_learner,
+    resolve_device, seed_everything, table, write_outputs,
 )
 from pcm_core.plots import pyplot
 from pcm_core.profiling import StepTimer

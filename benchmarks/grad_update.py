@@ -20,8 +20,8 @@ from typing import Any
 import torch
 
 from benchmarks.common import (
-    apply_batch_args, build_env, build_policy, collect_batch, config_for, fmt_range, machine, machine_line, make_learner, resolve_device,
-    seed_everything, stats, table, write_outputs,
+    apply_batch_args, build_env, build_policy, collect_batch, config_for, fmt_range, machine, machine_line, make_learner,
+    resolve_device, seed_everything, stats, table, write_outputs,
 )
 from pcm_core.plots import pyplot
 from pcm_core.profiling import StepTimer
@@ -33,7 +33,7 @@ def settings(quick: bool, args: argparse.Namespace | None = None) -> dict[str, A
     s = {
         "sizes": ["1m"] if quick else ["1m", "25m", "100m"],
         "budgets": [4, 8, 12, 16, 32],
-        "repeats": {"1m": 3 if quick else 5, "25m": 3, "100m": 3},
+        "repeats": {"1m": 3 if quick else 5, "25m": 3, "100m": 3, "1b": 3},
         # the 100m model costs ~4 min per GRPO update on a shared 2-core machine: fewer budgets
         "budgets_by_size": {"100m": [4, 12, 32]},
         "groups": 2,
@@ -88,7 +88,7 @@ def measure_size(size: str, batch, s: dict[str, Any], device: torch.device, log)
     _update(learners[f"pcm@{min(budgets)}"], batch, device)  # allocate AdamW state, warm the allocator
     rng = random.Random(s["seed"])
     samples: list[dict[str, Any]] = []
-    for repeat in range(s["repeats"].get(size, 3)):
+    for repeat in range(s["repeats"][size]):
         order = names[:]
         rng.shuffle(order)
         for name in order:
@@ -143,7 +143,7 @@ def markdown(result: dict[str, Any]) -> str:
         "",
     ]
     for size, r in result["sizes"].items():
-        lines += [f"## {size} ({r['parameters'] / 1e6:.1f}M parameters, {s['repeats'].get(size, 3)} repeats)", ""]
+        lines += [f"## {size} ({r['parameters'] / 1e6:.1f}M parameters, {s['repeats'][size]} repeats)", ""]
         rows = []
         for name, e in r["summary"].items():
             rows.append([

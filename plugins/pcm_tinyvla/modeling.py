@@ -11,8 +11,8 @@ the Q query positions gives the 256-way logits of every action token of the chun
 tokens, so all L = K * D tokens come from one pass). ``queries="token"`` has one query per
 action token (Q = L, a 256-way head, OpenVLA-OFT's layout); ``queries="action"`` has one query
 per action (Q = K) and a ``D x 256``-way head, the same family of distributions from a sequence
-24 tokens shorter at K=4, D=7. Token ids are bin ids ``0..255`` (see :mod:`pcm_tinyvla.binning`); there is no shared
-language-model vocabulary. The instruction embedding table is the Llama ``embed_tokens``.
+24 tokens shorter at K=4, D=7. Token ids are bin ids ``0..255`` (see :mod:`pcm_tinyvla.binning`);
+there is no shared language-model vocabulary. The instruction embedding table is the Llama ``embed_tokens``.
 """
 
 from __future__ import annotations
@@ -189,24 +189,20 @@ class TinyVLAForActionPrediction(PreTrainedModel):
         state_tokens = self.embed_states(states or {}, batch)  # [B, N_s, h]
         queries = self.action_queries.expand(batch, -1, -1)  # [B, Q, h]
         observation = torch.cat([image_tokens, state_tokens], dim=1)  # [B, N_p + N_s, h]
-        ones = attention_mask.new_ones(batch, observation.shape[1] + queries.shape[1])
-        if self.config.instruction_first:
-            mask = torch.cat([attention_mask, ones], dim=1)  # [B, N]
-            if prefix is not None:
-                rest = torch.cat([observation, queries], dim=1)  # [B, N - T, h]
-                hidden = self.llm(inputs_embeds=rest, attention_mask=mask, **{CACHE_ARGUMENT: prefix}).last_hidden_state
-            else:
-                text_tokens = self.llm.embed_tokens(input_ids)  # [B, T, h]
-                sequence = torch.cat([text_tokens, observation, queries], dim=1)  # [B, N, h]
-                hidden = self.llm(inputs_embeds=sequence, attention_mask=mask).last_hidden_state  # [B, N, h]
-        else:
-            if prefix is not None:
-                raise ValueError("an instruction prefix cache needs instruction_first=True")
-            text_tokens = self.llm.embed_tokens(input_ids)  # [B, T, h]
-            sequence = torch.cat([observation, text_tokens, queries], dim=1)  # [B, N, h]
-            n_obs, n_queries = observation.shape[1], queries.shape[1]
-            mask = torch.cat([ones[:, :n_obs], attention_mask, ones[:, :n_queries]], dim=1)  # [B, N]
-            hidden = self.llm(inputs_embeds=sequence, attention_mask=mask).last_hidden_state  # [B, N, h]
+        if prefix is not None and not self.config.instruction_first:
+            raise ValueError("an instruction prefix cache needs instruction_first=True")
+        text_tokens = self.llm.embed_tokens(input_ids) if prefix is None else None  # [B, T, h]; else in the cache
+        segments = [  # (tokens, attention mask) in sequence order
+            (text_tokens, attention_mask),
+            (observation, attention_mask.new_ones(batch, observation.shape[1])),
+            (queries, attention_mask.new_ones(batch, queries.shape[1])),
+        ]
+        if not self.config.instruction_first:
+            segments[0], segments[1] = segments[1], segments[0]
+        sequence = torch.cat([tokens for tokens, _ in segments if tokens is not None], dim=1)  # [B, N (- T), h]
+        mask = torch.cat([segment_mask for _, segment_mask in segments], dim=1)  # [B, N]: the cached prefix included
+        cache = {CACHE_ARGUMENT: prefix} if prefix is not None else {}
+        hidden = self.llm(inputs_embeds=sequence, attention_mask=mask, **cache).last_hidden_state  # [B, N (- T), h]
         logits = self.action_head(hidden[:, -queries.shape[1] :])  # [B, Q, L / Q * num_bins]
         return logits.reshape(batch, self.config.tokens_per_chunk, self.config.num_bins)  # [B, L, num_bins]
 
