@@ -29,8 +29,8 @@ from typing import Any
 import torch
 
 from benchmarks.common import (
-    CONFIGS, QUICK_TRAINING, build_env, build_policy, collect_batch, config_for, machine, make_learner, resolve_device,
-    seed_everything, table, train_to_end, write_outputs,
+    CONFIGS, QUICK_TRAINING, batch_gradient, build_env, build_policy, collect_batch, config_for, machine, make_learner,
+    resolve_device, seed_everything, table, train_to_end, write_outputs,
 )
 from pcm_core.config import load_config
 from pcm_core.plots import pyplot
@@ -103,19 +103,6 @@ def train_variants(s: dict[str, Any], quick: bool, device: str, log=print) -> di
     return finals
 
 
-def flat_grad(module: torch.nn.Module) -> torch.Tensor:
-    return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten().double()
-                      for p in module.parameters() if p.requires_grad])
-
-
-def gradient(learner, result_batch) -> torch.Tensor:
-    learner.policy.module.zero_grad(set_to_none=True)
-    learner.policy.module.train()
-    learner.backward(result_batch)
-    learner.policy.module.eval()
-    return flat_grad(learner.policy.module)
-
-
 def run(quick: bool, device: str, out: Path, args: argparse.Namespace | None = None, log=print) -> dict[str, Any]:
     s = settings(quick, args)
     dev = resolve_device(device)
@@ -153,7 +140,7 @@ def run(quick: bool, device: str, out: Path, args: argparse.Namespace | None = N
     log(f"batches: true success {[n['true_success'] for n in notes]}, relabelled {[n['relabelled'] for n in notes]}")
 
     full_learner = make_learner(policy, config_for("all", s["budget"], s["size"], overrides=common))
-    g = gradient(full_learner, full_learner.select(target).batch)  # full-batch GRPO gradient
+    g = batch_gradient(full_learner, full_learner.select(target).batch)  # full-batch GRPO gradient
     g_norm2 = float(g.pow(2).sum())
     results: dict[str, Any] = {}
     for name, overrides in VARIANTS.items():
@@ -168,7 +155,7 @@ def run(quick: bool, device: str, out: Path, args: argparse.Namespace | None = N
             learner.generator.manual_seed(1000 + r)
             selected = learner.select(target)
             q = selected.keep_probs.tolist()
-            grads.append(gradient(learner, selected.batch))
+            grads.append(batch_gradient(learner, selected.batch))
         stack = torch.stack(grads)  # [R, params]
         mean = stack.mean(0)
         results[name] = {

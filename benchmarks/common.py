@@ -17,7 +17,7 @@ from pcm_core.config import RunConfig, load_config, resolve_components
 from pcm_core.learner import Learner
 from pcm_core.rollout import GroupSpec, collect
 from pcm_core.runner import EVAL_INIT_OFFSET, RunResult, resolve_device, seed_everything, train
-from pcm_core.types import RolloutBatch
+from pcm_core.types import CompactBatch, RolloutBatch
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "configs"
@@ -148,6 +148,20 @@ def collect_batch(
         notes["relabelled"] = True
     notes["rewards"] = batch.rewards.tolist()
     return batch, notes
+
+
+def batch_gradient(learner: Learner, batch: CompactBatch) -> torch.Tensor:
+    """The gradient of ``learner``'s loss on ``batch`` (the kept chunks), flattened to float64 ``[P]``.
+
+    The weights are not updated; gradients are cleared before and left in ``.grad`` after.
+    """
+    module = learner.policy.module
+    module.zero_grad(set_to_none=True)
+    module.train()
+    learner.backward(batch)
+    module.eval()
+    return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten().double()
+                      for p in module.parameters() if p.requires_grad])
 
 
 def write_outputs(out: Path, name: str, payload: dict[str, Any], markdown: str, figure) -> list[Path]:

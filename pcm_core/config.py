@@ -10,12 +10,16 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pcm_core.errors import ConfigError
+
+
+Beta = Annotated[float, Field(ge=0.0, lt=1.0)]
+"""An exponential-average coefficient of AdamW."""
 
 
 class Section(BaseModel):
@@ -91,6 +95,10 @@ class TrainConfig(Section):
         "(Adam's first updates are sign-like: full-size steps of pure noise on a sharp warm start)"
     )
     weight_decay: float = Field(0.0, ge=0.0)
+    adam_betas: tuple[Beta, Beta] = Field(
+        (0.9, 0.999), description="AdamW (beta1, beta2): exponential averages of the gradient over about 1 / (1 - beta1) "
+        "updates and of its square over about 1 / (1 - beta2)"
+    )
     clip_low: float = Field(0.2, gt=0.0, lt=1.0, description="eps_low of the PPO clip")
     clip_high: float = Field(0.28, gt=0.0, description="eps_high (clip-higher, >= clip_low)")
     kl_coef: float = Field(0.0, ge=0.0, description="KL to the reference policy (k3); 0 = off")

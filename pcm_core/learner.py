@@ -59,7 +59,8 @@ class Learner:
             ema=pcm.ema,
         )
         self.optimizer = torch.optim.AdamW(
-            [p for p in policy.module.parameters() if p.requires_grad], lr=train.lr, weight_decay=train.weight_decay
+            [p for p in policy.module.parameters() if p.requires_grad], lr=train.lr, betas=train.adam_betas,
+            weight_decay=train.weight_decay,
         )
         self.generator = torch.Generator().manual_seed(train.seed + 1)
         self.reference = self._frozen_copy(policy) if train.kl_coef > 0 else None

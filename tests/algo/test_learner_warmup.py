@@ -11,14 +11,14 @@ from pcm_phases.samplers import AllSampler
 from pcm_phases.segmenters import GripperSegmenter
 
 
-def make_learner(warmup: int, policy: TinyBackend | None = None) -> Learner:
+def make_learner(warmup: int, policy: TinyBackend | None = None, **train) -> Learner:
     return Learner(
         policy or TinyBackend(),
         GripperSegmenter(GripperSegmenter.Options(num_phases=2)),
         SuccessFailureProxy(SuccessFailureProxy.Options()),
         AllSampler(AllSampler.Options()),
         PCMConfig(),
-        TrainConfig(lr=0.4, warmup_steps=warmup),
+        TrainConfig(lr=0.4, warmup_steps=warmup, **train),
     )
 
 
@@ -40,3 +40,15 @@ def test_resumed_optimizer_continues_the_ramp():
     resumed = make_learner(warmup=4, policy=first.policy)
     resumed.optimizer.load_state_dict(first.optimizer.state_dict())
     assert resumed.update(batch(2), StepTimer())["learning_rate"] == 0.30000000000000004
+
+
+def test_adam_betas_reach_the_optimizer():
+    assert make_learner(0).optimizer.param_groups[0]["betas"] == (0.9, 0.999)
+    learner = make_learner(0, adam_betas=(0.8, 0.99))
+    learner.update(batch(0), StepTimer())
+    # after one step Adam holds m = (1 - beta1) g and v = (1 - beta2) g^2, so m^2 / v = 0.2^2 / 0.01 = 4
+    for state in learner.optimizer.state.values():
+        m, v = state["exp_avg"], state["exp_avg_sq"]
+        nonzero = v > 0
+        assert nonzero.any()
+        assert torch.allclose(m[nonzero] ** 2 / v[nonzero], torch.full_like(v[nonzero], 4.0), rtol=1e-4)

@@ -7,6 +7,9 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from benchmarks import common
 from benchmarks.__main__ import main
@@ -18,6 +21,7 @@ EXPECTED_KEYS = {
     "activation_memory": ["machine", "settings", "runs", "reduction_at_b12"],
     "time_to_success": ["machine", "settings", "runs", "summary", "speedup_to_target", "final_success_gap_points"],
     "ablations": ["machine", "settings", "variants", "full_gradient_norm2"],
+    "gradient_noise": ["machine", "settings", "variants", "effective_batch_fraction_at_b12"],
 }
 
 
@@ -80,3 +84,44 @@ def test_a_run_stopped_by_a_signal_ends_the_benchmark(monkeypatch):
     monkeypatch.setattr(common, "train", lambda *args, **kwargs: stopped)
     with pytest.raises(SystemExit, match="after step 3 of 50; nothing written"):
         common.train_to_end(load_config(None, []))
+
+
+def test_noise_split_on_a_hand_made_batch():
+    from benchmarks.gradient_noise import noise_split, steps_ratio
+
+    # two batches, two masks each, one parameter: batch means 2 and 6
+    split = noise_split(torch.tensor([[[1.0], [3.0]], [[5.0], [7.0]]], dtype=torch.float64))
+    assert split["mask_variance"] == pytest.approx(2.0)  # (1 + 1 + 1 + 1) / (K (R - 1))
+    assert split["batch_variance"] == pytest.approx(7.0)  # Var(2, 6) = 8, minus the means' mask noise 2 / R
+    assert split["effective_batch_fraction"] == pytest.approx(7.0 / 9.0)
+    assert split["signal2"] == pytest.approx(12.0)  # 4^2 minus the variance of the mean, 8 / K
+    assert split["signal_to_noise"] == pytest.approx(12.0 / 9.0)
+    assert steps_ratio(0.25) == pytest.approx(2.0)  # a quarter of the information: half the progress per step
+
+
+def test_noise_split_recovers_known_batch_and_mask_noise():
+    from benchmarks.gradient_noise import noise_split
+
+    gen = torch.Generator().manual_seed(0)
+    batches, masks, params = 8, 3, 20000
+    signal = torch.full((params,), 0.5, dtype=torch.float64)
+    batch_noise = 1.0 * torch.randn(batches, 1, params, generator=gen, dtype=torch.float64)  # variance 1 per parameter
+    mask_noise = 2.0 * torch.randn(batches, masks, params, generator=gen, dtype=torch.float64)  # variance 4
+    split = noise_split(signal + batch_noise + mask_noise)
+    assert split["batch_variance"] / params == pytest.approx(1.0, rel=0.1)
+    assert split["mask_variance"] / params == pytest.approx(4.0, rel=0.02)
+    assert split["effective_batch_fraction"] == pytest.approx(0.2, rel=0.1)
+    assert split["signal2"] / params == pytest.approx(0.25, rel=0.25)
+
+
+@settings(max_examples=25, deadline=None)
+@given(scale=st.floats(0.01, 100.0), seed=st.integers(0, 2**16))
+def test_noise_split_fractions_do_not_depend_on_the_gradient_scale(scale, seed):
+    from benchmarks.gradient_noise import noise_split
+
+    grads = torch.randn(3, 2, 5, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    plain, scaled = noise_split(grads), noise_split(scale * grads)
+    for key in ("effective_batch_fraction", "signal_to_noise"):
+        assert scaled[key] == pytest.approx(plain[key], rel=1e-9, abs=1e-12)
+    single = noise_split(grads[:, :1])  # one mask per batch (the all sampler): no mask noise
+    assert single["mask_variance"] == 0.0 and single["effective_batch_fraction"] == 1.0
