@@ -19,13 +19,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for <name>.json/.md/.png")
     p.add_argument("--sizes", help="comma-separated tinyvla sizes (1m,25m,100m,1b) instead of the defaults")
-    p.add_argument("--groups", type=int, help="grad_update, activation_memory: groups in the batch (default 2)")
-    p.add_argument("--group-size", type=int, help="grad_update, activation_memory: trajectories per group (default 2)")
+    p.add_argument("--groups", type=int, help="grad_update, activation_memory, gradient_noise: groups in the batch "
+                   "(default 2; gradient_noise 8 or the config's)")
+    p.add_argument("--group-size", type=int, help="grad_update, activation_memory, gradient_noise: trajectories per "
+                   "group (default 2; gradient_noise 8 or the config's)")
     p.add_argument("--micro-batch-size", type=int, help="grad_update, activation_memory: chunks per micro-batch "
                    "(default 64; activation_memory also 256 for 1m)")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], help="grad_update, activation_memory: "
                    "autocast dtype on CUDA (train.dtype; default float32)")
-    p.add_argument("--budgets", help="grad_update: comma-separated budgets B for every size instead of the defaults")
+    p.add_argument("--config", type=Path, help="gradient_noise: a pcm-run YAML config to measure instead of the embedded default")
+    p.add_argument("--budgets", help="grad_update: comma-separated budgets B for every size instead of the defaults; "
+                   "gradient_noise: pcm at these B instead of its variants")
     p.add_argument("--repeats", type=int, help="repeats per configuration instead of the defaults")
     p.add_argument("--max-steps", type=int, help="episode length in env steps (256 = 64 chunks of 4)")
     p.add_argument("--seeds", type=int, help="time_to_success / ablations: seeds per method")

@@ -2,7 +2,8 @@
 
 A GRPO update is already noisy: two independent rollout batches give different gradients. PCM adds
 a second noise, the choice of the kept chunks. This benchmark measures both on batches of the size
-``pcm-run`` trains on (8 groups x 8 trajectories, the cached warm start of the embedded default):
+``pcm-run`` trains on (8 groups x 8 trajectories, the cached warm start of the embedded default;
+``--config FILE`` measures any ``pcm-run`` config instead: its env, policy and batch shape):
 ``K`` independent rollout batches, and on each of them the full GRPO gradient and, per variant,
 the gradients of ``R`` independent masks. Per variant, with ``g_br`` the gradient of mask ``r`` on
 batch ``b`` and ``g_b`` its mean over the masks:
@@ -32,9 +33,10 @@ import torch
 from torch import Tensor
 
 from benchmarks.common import (
-    batch_gradient, build_env, build_policy, collect_batch, config_for, machine, make_learner, resolve_device,
-    seed_everything, table, write_outputs,
+    batch_gradient, build_env, build_policy, collect_batch, machine, make_learner, resolve_device, seed_everything, table,
+    write_outputs,
 )
+from pcm_core.config import RunConfig, load_config
 from pcm_core.plots import pyplot
 
 VARIANTS: dict[str, tuple[str, int]] = {"pcm@4": ("pcm", 4), "pcm@12": ("pcm", 12), "pcm@24": ("pcm", 24),
@@ -43,18 +45,37 @@ VARIANTS: dict[str, tuple[str, int]] = {"pcm@4": ("pcm", 4), "pcm@12": ("pcm", 1
 
 
 def settings(quick: bool, args: argparse.Namespace | None = None) -> dict[str, Any]:
-    s: dict[str, Any] = {"groups": 2 if quick else 8, "group_size": 4 if quick else 8, "batches": 3 if quick else 8,
-                         "masks": 2 if quick else 3, "history_batches": 1 if quick else 2, "max_steps": 256, "seed": 0,
-                         "warm_start": not quick, "variants": dict(VARIANTS)}
+    """Batch shape, batch and mask counts, variants. With ``--config`` the batch shape is the
+    config's own (``train.tasks_per_step`` x ``train.group_size``) unless ``--groups`` and
+    ``--group-size`` say otherwise; ``--budgets`` replaces the variants by ``pcm`` at those B."""
+    s: dict[str, Any] = {"config": None, "groups": 2 if quick else 8, "group_size": 4 if quick else 8,
+                         "batches": 3 if quick else 8, "masks": 2 if quick else 3, "history_batches": 1 if quick else 2,
+                         "max_steps": None, "seed": 0, "warm_start": not quick, "variants": dict(VARIANTS)}
     if args is not None:
+        if getattr(args, "config", None):
+            s["config"] = str(args.config)
+            if not quick:
+                train = load_config(args.config).train
+                s.update(groups=train.tasks_per_step, group_size=train.group_size)
+        for key in ("groups", "group_size", "max_steps"):
+            if getattr(args, key, None):
+                s[key] = getattr(args, key)
         if getattr(args, "repeats", None):
             s["masks"] = max(2, args.repeats)
-        if getattr(args, "max_steps", None):
-            s["max_steps"] = args.max_steps
+        if getattr(args, "budgets", None):
+            s["variants"] = {f"pcm@{b}": ("pcm", int(b)) for b in args.budgets.split(",")}
         if getattr(args, "tiny", False):
             s.update(groups=1, group_size=2, batches=2, masks=2, history_batches=1, max_steps=64,
                      variants={"pcm@4": ("pcm", 4)})
     return s
+
+
+def variant_config(s: dict[str, Any], sampler: str, budget: int) -> RunConfig:
+    """The measured config (``--config`` or the embedded default) with this batch shape and selection."""
+    overrides = [f"pcm.sampler={sampler}", f"pcm.budget={budget}", "tracking.enabled=false",
+                 f"train.tasks_per_step={s['groups']}", f"train.group_size={s['group_size']}",
+                 *([f"env.options.max_steps={s['max_steps']}"] if s["max_steps"] else [])]
+    return load_config(s["config"], overrides)
 
 
 def noise_split(grads: Tensor) -> dict[str, float]:
@@ -83,20 +104,21 @@ def run(quick: bool, device: str, out: Path, args: argparse.Namespace | None = N
     dev = resolve_device(device)
     seed_everything(s["seed"])
     started = time.perf_counter()
-    common = [f"env.options.max_steps={s['max_steps']}", "train.micro_batch_size=64",
-              f"train.tasks_per_step={s['groups']}", f"train.group_size={s['group_size']}"]
-    base = config_for("pcm", 12, None, overrides=common)
+    base = variant_config(s, "all", 12)
     env = build_env(base, s["groups"] * s["group_size"])
     policy = build_policy(base, dev)
-    warm = None
-    if s["warm_start"]:
+    pretrained = getattr(getattr(policy, "options", None), "path", None)
+    warm = None  # as pcm-run: a policy loaded from a path is used as is, otherwise the cached SFT warm start
+    if s["warm_start"] and pretrained is not None:
+        warm = str(pretrained)
+    elif s["warm_start"] and base.train.sft.enabled:
         from pcm_core.warm_start import warm_start
 
         warm = str(warm_start(policy, env, base, log=log))
+    real_outcomes = warm is not None  # an untrained policy never succeeds: its outcomes are relabelled 1, 0, 1, 0
     batches, notes = [], []
-    for b in range(s["history_batches"] + s["batches"]):  # true outcomes with a warm start, else relabelled
-        batch, note = collect_batch(policy, env, s["groups"], s["group_size"], s["seed"] + 1 + b,
-                                    ensure_mixed=not s["warm_start"])
+    for b in range(s["history_batches"] + s["batches"]):
+        batch, note = collect_batch(policy, env, s["groups"], s["group_size"], s["seed"] + 1 + b, ensure_mixed=not real_outcomes)
         batches.append(batch)
         notes.append(note)
     env.close()
@@ -104,12 +126,12 @@ def run(quick: bool, device: str, out: Path, args: argparse.Namespace | None = N
     log(f"batches: success {[round(sum(n['rewards']) / len(n['rewards']), 2) for n in notes]}")
     chunks = sum(int(b.lengths.sum()) for b in targets)
 
-    full = make_learner(policy, config_for("all", 12, None, overrides=common))
+    full = make_learner(policy, base)
     grads = torch.stack([batch_gradient(full, full.select(b).batch) for b in targets])[:, None]  # [K, 1, P]
     results: dict[str, Any] = {"all": {"sampler": "all", "budget": None, "kept_fraction": 1.0, **noise_split(grads)}}
     log(f"  all          snr {results['all']['signal_to_noise']:.3f}")
     for name, (sampler, budget) in s["variants"].items():
-        learner = make_learner(policy, config_for(sampler, budget, None, overrides=common))
+        learner = make_learner(policy, variant_config(s, sampler, budget))
         for past in history:  # fold a past into q, as training would have
             learner.keep_probs.update(learner.proxy.score(past, learner.segmenter.segment(past), learner.segmenter.num_phases))
         state = learner.keep_probs.state_dict()
@@ -155,7 +177,7 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join([
         "# gradient_noise: the rollout batch's noise and PCM's mask noise",
         "",
-        f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}. Model tinyvla 1m (default); "
+        f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}. Config: {s['config'] or 'the embedded default'}; "
         f"{s['batches']} independent batches of {s['groups']}x{s['group_size']} trajectories; {s['masks']} masks per "
         f"batch and variant; {s['history_batches']} history batch(es) folded into q; warm start: "
         f"{result['warm_start'] or 'none (random init, relabelled outcomes)'}.",

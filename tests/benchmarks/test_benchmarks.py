@@ -125,3 +125,19 @@ def test_noise_split_fractions_do_not_depend_on_the_gradient_scale(scale, seed):
         assert scaled[key] == pytest.approx(plain[key], rel=1e-9, abs=1e-12)
     single = noise_split(grads[:, :1])  # one mask per batch (the all sampler): no mask noise
     assert single["mask_variance"] == 0.0 and single["effective_batch_fraction"] == 1.0
+
+
+def test_gradient_noise_measures_the_given_config(tmp_path):
+    config = tmp_path / "mine.yaml"
+    config.write_text("pcm:\n  segmenter: progress\ntrain:\n  tasks_per_step: 3\n  group_size: 5\n")
+    from benchmarks import gradient_noise
+    from benchmarks.__main__ import parser
+
+    full = gradient_noise.settings(False, parser().parse_args(["gradient_noise", "--config", str(config)]))
+    assert (full["groups"], full["group_size"]) == (3, 5)  # the config's batch shape
+    assert gradient_noise.variant_config(full, "uniform", 7).pcm.segmenter == "progress"
+    assert main(["gradient_noise", "--quick", "--tiny", "--config", str(config), "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "gradient_noise.json").read_text())
+    assert result["settings"]["config"] == str(config)
+    assert set(result["variants"]) == {"all", "pcm@4"}
+    assert result["variants"]["all"]["mask_variance"] == 0.0
