@@ -29,7 +29,7 @@ def parser() -> argparse.ArgumentParser:
                    "autocast dtype on CUDA (train.dtype; default float32)")
     p.add_argument("--config", type=Path, help="gradient_noise: a pcm-run YAML config to measure instead of the embedded default")
     p.add_argument("--budgets", help="grad_update: comma-separated budgets B for every size instead of the defaults; "
-                   "gradient_noise: pcm at these B instead of its variants")
+                   "gradient_noise: pcm at these B instead of its variants; time_to_success: PCM's one B (default 12)")
     p.add_argument("--repeats", type=int, help="repeats per configuration instead of the defaults")
     p.add_argument("--max-steps", type=int, help="episode length in env steps (256 = 64 chunks of 4)")
     p.add_argument("--seeds", type=int, help="time_to_success / ablations: seeds per method")

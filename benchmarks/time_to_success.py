@@ -45,6 +45,7 @@ def settings(quick: bool, args: argparse.Namespace | None = None) -> dict[str, A
         "overrides": ["train.sft.seed=0", *(["train.eval_every=3", *QUICK_TRAINING] if quick else ["train.eval_every=5"])],
         "target": None,
         "final_evals": FINAL_EVALS,
+        "pcm_budget": None,  # None: configs/quickstart.yaml's (12)
     }
     if args is not None:
         if getattr(args, "seeds", None):
@@ -53,6 +54,10 @@ def settings(quick: bool, args: argparse.Namespace | None = None) -> dict[str, A
             s["grpo_steps"] = args.steps
         if getattr(args, "pcm_step_ratio", None):
             s["pcm_step_ratio"] = args.pcm_step_ratio
+        if getattr(args, "budgets", None):
+            if not args.budgets.isdigit():
+                raise SystemExit(f"time_to_success takes one budget, got --budgets {args.budgets}.\nFix: e.g. --budgets 24")
+            s["pcm_budget"] = int(args.budgets)
         if getattr(args, "tiny", False):
             s["seeds"] = 1
             s["grpo_steps"] = 1
@@ -68,6 +73,8 @@ def one_run(method: str, seed: int, s: dict[str, Any], workdir: Path, cache_dir:
                  f"train.output_dir={workdir / method}"]
     if cache_dir:
         overrides.append(f"train.sft.cache_dir={cache_dir}")
+    if method == "pcm" and s["pcm_budget"] is not None:
+        overrides.append(f"pcm.budget={s['pcm_budget']}")
     config = load_config(METHODS[method], overrides)
     started = time.perf_counter()
     result = train_to_end(config)
@@ -168,6 +175,7 @@ def markdown(result: dict[str, Any]) -> str:
         "# time_to_success: GRPO vs PCM on the embedded default",
         "",
         f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}. {result['settings']['seeds']} seed(s) per method; "
+        f"PCM budget B={result['settings'].get('pcm_budget') or 12}; "
         f"overrides {result['settings']['overrides']}. {result['note']}.",
         "",
         table(["method", "RL steps", "reached", "time to target s", "final success (mean +- std)", "train s",

@@ -27,7 +27,8 @@ EXPECTED_KEYS = {
 
 @pytest.mark.parametrize("name", list(EXPECTED_KEYS))
 def test_benchmark_tiny_writes_outputs(name, tmp_path):
-    assert main([name, "--quick", "--tiny", "--out", str(tmp_path)]) == 0
+    budget = ["--budgets", "3"] if name == "time_to_success" else []  # PCM's B, GRPO keeps everything
+    assert main([name, "--quick", "--tiny", *budget, "--out", str(tmp_path)]) == 0
     for suffix in ("json", "md", "png"):
         path = tmp_path / f"{name}.{suffix}"
         assert path.is_file() and path.stat().st_size > 0, path
@@ -44,6 +45,8 @@ def test_benchmark_tiny_writes_outputs(name, tmp_path):
     if name == "time_to_success":  # PCM runs twice GRPO's steps, both from the one warm start
         assert {run["method"]: run["steps"] for run in result["runs"]} == {"grpo": 1, "pcm": 2}
         assert {run["config"]["train"]["sft"]["seed"] for run in result["runs"]} == {0}
+        assert {run["method"]: (run["config"]["pcm"]["sampler"], run["config"]["pcm"]["budget"])
+                for run in result["runs"]}["pcm"] == ("pcm", 3)
 
 
 def test_grad_update_differs_only_in_kept_chunks(tmp_path):
@@ -77,6 +80,12 @@ def test_time_to_success_final_success_averages_the_last_evaluations():
     assert final_success(curve[:2], 3) == pytest.approx(0.15)
     assert success_at_steps(curve, [5, 15, 20]) == pytest.approx(0.45)
     assert settings(quick=False)["steps"] == {"grpo": 50, "pcm": 100}
+    from benchmarks.__main__ import parser
+
+    args = parser().parse_args(["time_to_success", "--budgets", "24", "--pcm-step-ratio", "1.7"])
+    assert (settings(False, args)["pcm_budget"], settings(False, args)["steps"]["pcm"]) == (24, 85)
+    with pytest.raises(SystemExit, match="one budget"):
+        settings(False, parser().parse_args(["time_to_success", "--budgets", "12,24"]))
 
 
 def test_a_run_stopped_by_a_signal_ends_the_benchmark(monkeypatch):
