@@ -29,8 +29,8 @@ from typing import Any
 import torch
 
 from benchmarks.common import (
-    CONFIGS, QUICK_TRAINING, batch_gradient, build_env, build_policy, collect_batch, config_for, machine, make_learner,
-    resolve_device, seed_everything, table, train_to_end, write_outputs,
+    CONFIGS, QUICK_TRAINING, batch_gradient, build_env, build_policy, collect_batch, config_for, fold_into_keep_probs,
+    machine, make_learner, masked_gradient, resolve_device, seed_everything, table, train_to_end, write_outputs,
 )
 from pcm_core.config import load_config
 from pcm_core.plots import pyplot
@@ -145,17 +145,13 @@ def run(quick: bool, device: str, out: Path, args: argparse.Namespace | None = N
     results: dict[str, Any] = {}
     for name, overrides in VARIANTS.items():
         learner = make_learner(policy, config_for("pcm", s["budget"], s["size"], overrides=[*common, *overrides]))
-        for hb in history:  # fold the history into q (the online mechanism needs a past)
-            learner.keep_probs.update(learner.proxy.score(hb, learner.segmenter.segment(hb), learner.segmenter.num_phases))
-        state = learner.keep_probs.state_dict()
+        state = fold_into_keep_probs(learner, history)
         grads = []
         q = None
         for r in range(s["resamples"]):
-            learner.keep_probs.load_state_dict(state)
-            learner.generator.manual_seed(1000 + r)
-            selected = learner.select(target)
+            selected, grad = masked_gradient(learner, target, state, seed=1000 + r)
             q = selected.keep_probs.tolist()
-            grads.append(batch_gradient(learner, selected.batch))
+            grads.append(grad)
         stack = torch.stack(grads)  # [R, params]
         mean = stack.mean(0)
         results[name] = {

@@ -14,7 +14,7 @@ import torch
 from rich.console import Console
 
 from pcm_core.config import RunConfig, load_config, resolve_components
-from pcm_core.learner import Learner
+from pcm_core.learner import Learner, SelectionResult
 from pcm_core.rollout import GroupSpec, collect
 from pcm_core.runner import EVAL_INIT_OFFSET, RunResult, resolve_device, seed_everything, train
 from pcm_core.types import CompactBatch, RolloutBatch
@@ -162,6 +162,25 @@ def batch_gradient(learner: Learner, batch: CompactBatch) -> torch.Tensor:
     module.eval()
     return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten().double()
                       for p in module.parameters() if p.requires_grad])
+
+
+def fold_into_keep_probs(learner: Learner, batches: Sequence[RolloutBatch]) -> dict[str, Any]:
+    """Score ``batches`` into the learner's keep-probabilities, as training before would have (the
+    online mechanism needs a past); returns the resulting state for :func:`masked_gradient`."""
+    for past in batches:
+        learner.keep_probs.update(learner.proxy.score(past, learner.segmenter.segment(past), learner.segmenter.num_phases))
+    return learner.keep_probs.state_dict()
+
+
+def masked_gradient(
+    learner: Learner, batch: RolloutBatch, keep_state: dict[str, Any], seed: int
+) -> tuple[SelectionResult, torch.Tensor]:
+    """One mask of ``batch``, drawn from the keep-probabilities ``keep_state`` with sampling seed
+    ``seed``, and the flat gradient ``[P]`` of its kept chunks (see :func:`batch_gradient`)."""
+    learner.keep_probs.load_state_dict(keep_state)
+    learner.generator.manual_seed(seed)
+    selected = learner.select(batch)
+    return selected, batch_gradient(learner, selected.batch)
 
 
 def write_outputs(out: Path, name: str, payload: dict[str, Any], markdown: str, figure) -> list[Path]:

@@ -33,8 +33,8 @@ import torch
 from torch import Tensor
 
 from benchmarks.common import (
-    batch_gradient, build_env, build_policy, collect_batch, machine, make_learner, resolve_device, seed_everything, table,
-    write_outputs,
+    batch_gradient, build_env, build_policy, collect_batch, fold_into_keep_probs, machine, make_learner, masked_gradient,
+    resolve_device, seed_everything, table, write_outputs,
 )
 from pcm_core.config import RunConfig, load_config
 from pcm_core.plots import pyplot
@@ -132,18 +132,14 @@ def run(quick: bool, device: str, out: Path, args: argparse.Namespace | None = N
     log(f"  all          snr {results['all']['signal_to_noise']:.3f}")
     for name, (sampler, budget) in s["variants"].items():
         learner = make_learner(policy, variant_config(s, sampler, budget))
-        for past in history:  # fold a past into q, as training would have
-            learner.keep_probs.update(learner.proxy.score(past, learner.segmenter.segment(past), learner.segmenter.num_phases))
-        state = learner.keep_probs.state_dict()
+        state = fold_into_keep_probs(learner, history)
         per_batch, kept = [], 0
         for b, batch in enumerate(targets):
             masks = []
             for r in range(s["masks"]):
-                learner.keep_probs.load_state_dict(state)
-                learner.generator.manual_seed(1000 * b + r)
-                selected = learner.select(batch)
+                selected, grad = masked_gradient(learner, batch, state, seed=1000 * b + r)
                 kept += int(selected.selection.keep.sum())
-                masks.append(batch_gradient(learner, selected.batch))
+                masks.append(grad)
             per_batch.append(torch.stack(masks))
         results[name] = {"sampler": sampler, "budget": budget, "kept_fraction": kept / (chunks * s["masks"]),
                          **noise_split(torch.stack(per_batch))}
