@@ -16,9 +16,10 @@ batch ``b`` and ``g_b`` its mean over the masks:
   dropping them); near 1 when they are redundant (dropping them is free);
 - signal to noise ``||E g||^2 / Var(g)``, with ``||E g||^2`` estimated without bias from ``K`` means.
 
-With Adam, whose step is normalised by the gradient's noise, the per-step progress of a noisy
-update scales with its signal to noise, so this fraction predicts how many more RL steps PCM
-needs than GRPO to reach the same success (``docs/algorithm.md``, "When masking is free").
+With Adam, whose step is normalised by the gradient's noise, the per-step progress of a
+noise-dominated update scales with signal / noise, i.e. with ``sqrt(f)`` relative to GRPO, so
+``1 / sqrt(f)`` estimates how many more RL steps PCM needs than GRPO to reach the same success
+(``docs/algorithm.md``, "When masking is free").
 """
 
 from __future__ import annotations
