@@ -181,9 +181,10 @@ def run(quick: bool, device: str, out: Path, args: argparse.Namespace | None = N
 
 def markdown(result: dict[str, Any]) -> str:
     m = result["machine"]
+    pcm_budget = next(r["config"]["pcm"]["budget"] for r in result["runs"] if r["method"] == "pcm")
     rows = []
     for method, e in result["summary"].items():
-        median = e.get("median_time_to_target_s", e["time_to_target_s"]["median"])
+        median = e["median_time_to_target_s"]
         tt = f"{median:.1f}" if math.isfinite(median) else "not reached by most seeds"
         if e["time_to_target_s"]["n"]:
             tt += f" (reached: {e['time_to_target_s']['min']:.1f}-{e['time_to_target_s']['max']:.1f})"
@@ -195,7 +196,7 @@ def markdown(result: dict[str, Any]) -> str:
         "# time_to_success: GRPO vs PCM on the embedded default",
         "",
         f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}. {result['settings']['seeds']} seed(s) per method; "
-        f"PCM budget B={result['settings'].get('pcm_budget') or 12}; "
+        f"PCM budget B={pcm_budget}; "
         f"overrides {result['settings']['overrides']}. {result['note']}.",
         "",
         table(["method", "RL steps", "reached", "time to target s, median over seeds", "final success (mean +- std)", "train s",
