@@ -18,6 +18,7 @@ def sample_tokens(log_p: Tensor, generator: torch.Generator | None = None, greed
         return log_p.argmax(dim=-1)
     device = generator.device if generator is not None else log_p.device
     cdf = log_p.float().exp().cumsum(-1).to(device)  # [B, L, V]
-    u = torch.rand(cdf.shape[:-1] + (1,), generator=generator, device=device) * cdf[..., -1:]  # [B, L, 1]
+    u = torch.rand(cdf.shape[:-1] + (1,), generator=generator, device=device)  # [B, L, 1]
+    u = u.clamp_min(torch.finfo(u.dtype).tiny) * cdf[..., -1:]  # u > 0: a zero-probability first token is never drawn
     tokens = (cdf < u).sum(-1).clamp(max=cdf.shape[-1] - 1)  # [B, L]
     return tokens.to(log_p.device)

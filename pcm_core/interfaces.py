@@ -166,7 +166,8 @@ class PolicyBackend(Component):
 
     @abstractmethod
     def actions_to_tokens(self, actions: Tensor) -> Tensor:
-        """Discretise normalised actions ``[B, K, D]`` into tokens ``[B, L]`` (for SFT)."""
+        """Discretise actions ``[B, K, D]`` in the env's units, as ``act`` returns them, into tokens
+        ``[B, L]`` (SFT labels): the inverse of ``act``'s decoding, up to the bin width."""
 
     @abstractmethod
     def save(self, path: str) -> None:

@@ -53,7 +53,11 @@ def act_on_alive(
         return full
 
     return PolicyOutput(
-        actions=scatter(out.actions), tokens=scatter(out.tokens), logprobs=scatter(out.logprobs), entropy=scatter(out.entropy)
+        actions=scatter(out.actions),
+        tokens=scatter(out.tokens),
+        logprobs=scatter(out.logprobs),
+        entropy=scatter(out.entropy),
+        normalized_actions=None if out.normalized_actions is None else scatter(out.normalized_actions),
     )
 
 
@@ -138,9 +142,8 @@ def _run_episodes(
             break
         obs_t = obs_to_tensors(obs, policy.device)
         out = act_on_alive(policy, obs_t, instructions, alive, generator, greedy)
-        actions = out.actions.float().cpu()
         lengths += alive
-        results = env.step_chunk(actions.numpy())
+        results = env.step_chunk(out.actions.float().cpu().numpy())
         for result in results:
             success |= result.success & alive
             alive &= ~result.done
@@ -151,7 +154,7 @@ def _run_episodes(
         steps.append(
             {
                 "obs": {key: value.cpu() for key, value in obs_t.items()},
-                "actions": actions,
+                "actions": out.stored_actions.float().cpu(),
                 "tokens": out.tokens.cpu(),
                 "logprobs": out.logprobs.float().cpu(),
                 "entropy": out.entropy.float().cpu(),

@@ -29,16 +29,25 @@ class PolicyOutput:
     """One batched policy call on ``B`` observations.
 
     Attributes:
-        actions: ``[B, K, D]`` normalised actions in [-1, 1], what the environment executes.
+        actions: ``[B, K, D]`` what the environment executes, in its own units.
         tokens: ``[B, L]`` sampled action-token ids (the RL "actions").
         logprobs: ``[B, L]`` behaviour log-probabilities of ``tokens``.
         entropy: ``[B]`` mean per-token entropy of the sampling distribution.
+        normalized_actions: ``[B, K, D]`` the same actions on the [-1, 1] scale (the env's gripper
+            convention kept), what the rollout stores for phase segmenters and proxies; None when
+            ``actions`` already are on that scale.
     """
 
     actions: Tensor
     tokens: Tensor
     logprobs: Tensor
     entropy: Tensor
+    normalized_actions: Tensor | None = None
+
+    @property
+    def stored_actions(self) -> Tensor:
+        """``[B, K, D]`` the actions a rollout keeps: ``normalized_actions``, else ``actions``."""
+        return self.actions if self.normalized_actions is None else self.normalized_actions
 
 
 @dataclass
@@ -49,7 +58,8 @@ class RolloutBatch:
         obs: observation tensors as the environment returned them, each ``[N, T, ...]``
             (e.g. ``image`` uint8 ``[N, T, H, W, 3]``, ``proprio`` float ``[N, T, P_dim]``).
         instructions: ``N`` language instructions.
-        actions: ``[N, T, K, D]`` executed normalised actions.
+        actions: ``[N, T, K, D]`` executed actions on the [-1, 1] scale
+            (:attr:`PolicyOutput.stored_actions`).
         tokens: ``[N, T, L]`` sampled action tokens.
         old_logprobs: ``[N, T, L]`` behaviour log-probabilities.
         entropy: ``[N, T]`` mean token entropy at sampling time.

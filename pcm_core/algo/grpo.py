@@ -26,6 +26,7 @@ def uniform_groups(rewards: Tensor, group_index: Tensor) -> Tensor:
         group_index: ``[N]`` group id of each trajectory; the result follows sorted group-id order.
     """
     dense, num_groups = _group_ids(group_index)
+    rewards = rewards.float()
     high = torch.full((num_groups,), -torch.inf, dtype=rewards.dtype, device=rewards.device)
     low = torch.full((num_groups,), torch.inf, dtype=rewards.dtype, device=rewards.device)
     high = high.scatter_reduce(0, dense, rewards, reduce="amax")  # max_m R  [M]

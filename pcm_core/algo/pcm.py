@@ -79,6 +79,11 @@ class KeepProbabilities:
             return self.q
         uniform = torch.full_like(self.q, 1.0 / self.num_phases)  # 1/P  [P]
         v = scores.value.detach().to(self.q)  # v_k  [P]
+        if not bool(torch.isfinite(v).all()) or bool((v < 0).any()):
+            raise ValueError(
+                f"phase scores must be finite and >= 0, the variance proxy gave v = {v.tolist()}.\n"
+                "Fix: make the proxy's PhaseScores.total non-negative and finite (or choose another pcm.proxy)"
+            )
         w = v / v.sum() if self.concentration and v.sum() > 0 else uniform  # w_k  [P]
         if self.exploration:
             w = (1.0 - self.exploration_floor) * w + self.exploration_floor * uniform  # w~_k  [P]

@@ -57,7 +57,8 @@ def unnormalize(actions: Tensor, stats: dict, eps: float = 0.0) -> Tensor:
 
 
 def normalize(values: Tensor, stats: dict, eps: float = 1e-8) -> Tensor:
-    """Dataset units ``[..., D]`` -> [-1, 1] (OFT's proprio normalisation, clipped), ``mask`` as above."""
+    """Dataset units ``[..., D]`` -> [-1, 1], clipped, ``mask`` as above: OFT's proprio
+    normalisation, and the inverse of :func:`unnormalize` for actions."""
     low = torch.tensor(stats["q01"], dtype=values.dtype, device=values.device)
     high = torch.tensor(stats["q99"], dtype=values.dtype, device=values.device)
     mask = torch.tensor(stats.get("mask", [True] * len(stats["q01"])), dtype=torch.bool, device=values.device)

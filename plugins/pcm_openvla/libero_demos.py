@@ -18,21 +18,36 @@ import torch
 from torch import Tensor
 
 
-def load_libero_demos(
-    path: str, chunk_size: int, stride: int | None = None, action_stats: dict | None = None, flip: bool = True
-) -> tuple[dict[str, Tensor], list[str], Tensor]:
-    """Chunks of every demo in the HDF5 file ``path``.
+NOOP_THRESHOLD = 1e-4
+"""A step is a no-op when its first 6 action numbers have a norm below this and the gripper
+command repeats the previous one (OpenVLA's ``regenerate_libero_dataset.py``)."""
 
-    A chunk starts every ``stride`` steps (default ``chunk_size``) and holds the next
-    ``chunk_size`` actions, the last action repeated past the end of the demo. Actions are
-    normalised to [-1, 1] with ``action_stats`` (``q01``/``q99``/``mask``) when given, else clipped.
+
+def noop_steps(actions: np.ndarray, threshold: float = NOOP_THRESHOLD) -> np.ndarray:
+    """``[T]`` bool: the no-op steps of one demo's actions ``[T, 7]`` (the first step compares
+    with no previous command, so only its motion counts)."""
+    still = np.linalg.norm(actions[:, :-1], axis=1) < threshold  # [T]
+    same_gripper = np.concatenate([[True], actions[1:, -1] == actions[:-1, -1]])  # [T]
+    return still & same_gripper
+
+
+def load_libero_demos(
+    path: str, chunk_size: int, stride: int | None = None, flip: bool = True, drop_noops: bool = True
+) -> tuple[dict[str, Tensor], list[str], Tensor]:
+    """Chunks of every demo in the HDF5 file ``path``, actions in LIBERO's own units.
+
+    No-op steps are left out first (``drop_noops``, as OpenVLA's LIBERO data and the ``*_no_noops``
+    statistics of the published checkpoints were made). A chunk then starts every ``stride`` steps
+    (default ``chunk_size``) and holds the next ``chunk_size`` actions, the last action repeated
+    past the end of the demo. Actions stay as LIBERO executes them (deltas, gripper -1 open / +1
+    close): ``policy.actions_to_tokens`` maps them to the policy's tokens, so an OpenVLA policy with
+    ``unnormalize_actions`` and ``gripper: libero`` learns OpenVLA's normalised values and gripper
+    labels (1 open, 0 closed), what its ``act`` turns back into these commands.
 
     Returns observations at the chunk starts (``image``, ``wrist_image`` uint8 ``[S, H, W, 3]``,
     ``proprio`` float32 ``[S, 8]``), the ``S`` instructions and the actions ``[S, K, 7]``.
     """
     import h5py
-
-    from pcm_openvla.action_tokens import normalize
 
     stride = stride or chunk_size
     images, wrists, proprios, chunks, texts = [], [], [], [], []
@@ -43,21 +58,24 @@ def load_libero_demos(
         for name in sorted(data, key=lambda n: int(n.split("_")[-1])):
             demo = data[name]
             actions = np.asarray(demo["actions"], dtype=np.float32)  # [T, 7]
+            steps = np.flatnonzero(~noop_steps(actions)) if drop_noops else np.arange(len(actions))  # [T']
+            if steps.size == 0:
+                continue
+            actions = actions[steps]
             obs = demo["obs"]
             proprio = np.concatenate([obs["ee_pos"], obs["ee_ori"], obs["gripper_states"]], axis=1).astype(np.float32)
             padded = np.concatenate([actions, np.repeat(actions[-1:], chunk_size - 1, axis=0)])
             for t in range(0, len(actions), stride):
                 chunks.append(padded[t : t + chunk_size])
-                image, wrist = obs["agentview_rgb"][t], obs["eye_in_hand_rgb"][t]
+                step = int(steps[t])
+                image, wrist = obs["agentview_rgb"][step], obs["eye_in_hand_rgb"][step]
                 images.append(image[::-1, ::-1] if flip else image)
                 wrists.append(wrist[::-1, ::-1] if flip else wrist)
-                proprios.append(proprio[t])
+                proprios.append(proprio[step])
                 texts.append(instruction)
-    actions = torch.as_tensor(np.stack(chunks))  # [S, K, 7]
-    actions = normalize(actions, action_stats, eps=1e-8) if action_stats else actions.clamp(-1.0, 1.0)
     obs_out = {
         "image": torch.as_tensor(np.ascontiguousarray(np.stack(images))),
         "wrist_image": torch.as_tensor(np.ascontiguousarray(np.stack(wrists))),
         "proprio": torch.as_tensor(np.stack(proprios)),
     }
-    return obs_out, texts, actions
+    return obs_out, texts, torch.as_tensor(np.stack(chunks))  # actions [S, K, 7]

@@ -40,6 +40,13 @@ def libero_gripper(gripper: Tensor) -> Tensor:
     return -torch.sign(2.0 * gripper - 1.0)
 
 
+def libero_gripper_label(command: Tensor) -> Tensor:
+    """LIBERO's gripper command (-1 open, +1 close) as OpenVLA's training label (1 open, 0 closed),
+    the inverse of :func:`libero_gripper`: OpenVLA's LIBERO transform ``1 - clip(g, 0, 1)`` for
+    binary commands, ``(1 - g) / 2`` in between (the side of 0.5 decides the command)."""
+    return (1.0 - command) / 2.0
+
+
 class LoraOptions(BaseModel):
     """LoRA adapters (peft); the exported checkpoint has them merged into the base weights."""
 
@@ -266,19 +273,42 @@ class OpenVLAPolicy(PolicyBackend):
         tokens = slots + self.tokens.first_id  # [B, L] vocabulary ids
         if actions is None:
             actions = self.tokens.to_actions(tokens).reshape(batch, self._spec.chunk_size, ACTION_DIM)
-        if self.options.unnormalize_actions:
-            from pcm_openvla.action_tokens import unnormalize
-
-            actions = unnormalize(actions, self.stats, self.unnorm_eps)
-        if self.options.gripper == "libero":
-            actions = actions.clone()
-            actions[..., -1] = libero_gripper(actions[..., -1])
+        scaled = self._gripper_to_env(actions)  # [-1, 1] scale, the env's gripper command
         return PolicyOutput(
-            actions=actions,
+            actions=self._unnormalize(scaled),
             tokens=tokens,
             logprobs=log_p.gather(-1, slots.unsqueeze(-1)).squeeze(-1),
             entropy=-(log_p.exp() * log_p).sum(-1).mean(-1),
+            normalized_actions=scaled if self.options.unnormalize_actions else None,
         )
+
+    def _gripper_to_env(self, actions: Tensor) -> Tensor:
+        """``[..., 7]`` model values with the gripper as the env's command (``gripper=libero``)."""
+        if self.options.gripper != "libero":
+            return actions
+        actions = actions.clone()
+        actions[..., -1] = libero_gripper(actions[..., -1])
+        return actions
+
+    def _unnormalize(self, actions: Tensor) -> Tensor:
+        """``[..., 7]`` [-1, 1] values in dataset units (``unnormalize_actions``)."""
+        if not self.options.unnormalize_actions:
+            return actions
+        from pcm_openvla.action_tokens import unnormalize
+
+        return unnormalize(actions, self.stats, self.unnorm_eps)
+
+    def env_actions_to_values(self, actions: Tensor) -> Tensor:
+        """``[..., 7]`` actions as ``act`` returns them -> the model's [-1, 1] values (the inverse of
+        ``act``'s un-normalisation and gripper mapping)."""
+        if self.options.unnormalize_actions:
+            from pcm_openvla.action_tokens import normalize
+
+            actions = normalize(actions, self.stats, self.unnorm_eps)
+        if self.options.gripper == "libero":
+            actions = actions.clone()
+            actions[..., -1] = libero_gripper_label(actions[..., -1])
+        return actions
 
     def log_probs(self, obs: dict[str, Tensor], instructions: list[str], tokens: Tensor) -> Tensor:
         """``[B, L]`` log-probabilities of vocabulary ids ``tokens`` ``[B, L]`` (differentiable)."""
@@ -286,8 +316,9 @@ class OpenVLAPolicy(PolicyBackend):
         return log_p.gather(-1, self.tokens.slot(tokens.to(log_p.device)).unsqueeze(-1)).squeeze(-1)
 
     def actions_to_tokens(self, actions: Tensor) -> Tensor:
-        """``[B, K, D]`` normalised actions -> ``[B, K * D]`` vocabulary ids (OpenVLA's digitize)."""
-        return self.tokens.to_ids(actions).reshape(actions.shape[0], -1)
+        """``[B, K, D]`` actions in the env's units (as ``act`` returns them) -> ``[B, K * D]``
+        vocabulary ids: :meth:`env_actions_to_values`, then OpenVLA's digitize."""
+        return self.tokens.to_ids(self.env_actions_to_values(actions)).reshape(actions.shape[0], -1)
 
     def save(self, path: str) -> None:
         """The published layout: config.json, safetensors (+ index), tokenizer, dataset_statistics.json."""
@@ -393,7 +424,7 @@ class OpenVLAOFTPolicy(OpenVLAPolicy):
         if self.model.action_head is not None:
             with self.autocast():
                 actions = self.model.action_head(hidden, self._spec.chunk_size).float().clamp(-1.0, 1.0)
-            slots = self.tokens.slot(self.actions_to_tokens(actions))
+            slots = self.tokens.slot(self.tokens.to_ids(actions).reshape(batch, -1))
             return self._output(log_p, slots, batch, actions)
         return self._output(log_p, self._sample(log_p, generator, greedy), batch)
 

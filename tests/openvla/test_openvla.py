@@ -126,6 +126,15 @@ def test_libero_gripper_command_on_hand_made_numbers():
     assert libero_gripper(torch.tensor([0.9, 0.6, 0.4, 0.0])).tolist() == [-1.0, -1.0, 1.0, 1.0]
 
 
+def test_libero_gripper_label_inverts_the_command():
+    from pcm_openvla.policy import libero_gripper, libero_gripper_label
+
+    # LIBERO demos: -1 open, +1 close -> OpenVLA's labels 1 open, 0 closed (1 - clip(g, 0, 1))
+    labels = libero_gripper_label(torch.tensor([-1.0, 1.0]))
+    assert labels.tolist() == [1.0, 0.0]
+    assert libero_gripper(labels).tolist() == [-1.0, 1.0]
+
+
 def test_act_returns_dataset_units_and_libero_gripper(tiny_folder, obs):
     policy = oft(tiny_folder, unnormalize_actions=True, gripper="libero")
     normalised = oft(tiny_folder)
@@ -135,6 +144,27 @@ def test_act_returns_dataset_units_and_libero_gripper(tiny_folder, obs):
     expected = 0.5 * (reference.actions[..., :3] + 1) * 2.0 - 0.5  # q01 -0.5, q99 1.5
     torch.testing.assert_close(out.actions[..., :3], expected)
     assert set(out.actions[..., 6].unique().tolist()) <= {-1.0, 1.0}
+    # what the rollout stores for the phase proxies: the [-1, 1] values, the env's gripper command
+    torch.testing.assert_close(out.normalized_actions[..., :6], reference.actions[..., :6])
+    assert torch.equal(out.normalized_actions[..., 6], out.actions[..., 6])
+    assert reference.normalized_actions is None  # already on the [-1, 1] scale
+
+
+def test_sft_labels_in_env_units_decode_to_the_same_commands(tiny_folder, obs):
+    """actions_to_tokens inverts act's decoding: LIBERO-unit labels (-1 open, +1 close) come back
+    from the tokens as the same commands, so behaviour cloning teaches the gripper the right way."""
+    policy = oft(tiny_folder, unnormalize_actions=True, gripper="libero")
+    commands = torch.tensor([[[0.3, -0.2, 1.1, 0.5, -0.5, 0.0, -1.0], [1.0, 0.0, -0.4, 0.2, 0.1, -0.3, 1.0]]])
+    tokens = policy.actions_to_tokens(commands)  # [1, 14]
+    gripper_ids = tokens.view(1, 2, 7)[0, :, 6]
+    end = policy.tokens.vocab_end  # ids are vocab_end - digitize bin: label 1 (open) -> bin 256, 0 (closed) -> 128
+    assert gripper_ids.tolist() == [end - 256, end - 128]
+    slots = policy.tokens.slot(tokens)
+    log_p = torch.zeros(1, 14, policy.tokens.n_bins)
+    decoded = policy._output(log_p, slots, 1).actions  # [1, 2, 7] env units
+    step = 2.0 / 255 * 2.0 / 2  # a bin's width in dataset units (q99 - q01 = 2)
+    torch.testing.assert_close(decoded[..., :6], commands[..., :6], atol=step, rtol=0)
+    assert decoded[..., 6].tolist() == [[-1.0, 1.0]]
 
 
 def test_centre_crop_and_normalisation_on_hand_made_pixels():
