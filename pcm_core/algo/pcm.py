@@ -1,7 +1,7 @@
 """PCM: phase keep-probabilities, fixed-budget chunk sampling, compaction and estimator weights.
 
 Shapes: ``N`` trajectories, ``T`` chunks (padded), ``P`` phases, ``L`` tokens per chunk,
-``C`` kept chunks. Steps refer to ``PCM.md``.
+``C`` kept chunks. Steps refer to ``docs/algorithm.md``.
 """
 
 from __future__ import annotations

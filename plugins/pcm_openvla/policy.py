@@ -78,7 +78,8 @@ class OpenVLAOptions(Options):
     weights_dtype: Literal["float32", "bfloat16"] = Field("float32", description="dtype the weights are held in")
     init_device: str = Field("cpu", description="device the model is built on (cuda builds a 7B model fast)")
     image_keys: list[str] = Field(
-        default_factory=lambda: ["image", "wrist_image"], description="uint8 image observations, absent keys skipped"
+        default_factory=lambda: ["image"], description="uint8 image observations, absent keys skipped (OpenVLA was "
+        "trained on one third-person camera)"
     )
     center_crop: float | None = Field(
         None, gt=0.0, le=1.0, description="keep the centred crop with this area fraction first (published LIBERO eval: 0.9)"
@@ -92,6 +93,10 @@ class OpenVLAOFTOptions(OpenVLAOptions):
     """Options of the ``openvla-oft`` policy (adds the chunk, proprio input and action head)."""
 
     chunk_size: int = Field(8, gt=0, description="K: actions decoded in parallel per call (LIBERO: 8)")
+    image_keys: list[str] = Field(
+        default_factory=lambda: ["image", "wrist_image"], description="uint8 image observations, absent keys skipped "
+        "(OpenVLA-OFT on LIBERO: the third-person and the wrist camera)"
+    )
     proprio_key: str | None = Field("proprio", description="float observation fed to the proprio projector; None: off")
     proprio_dim: int = Field(8, gt=0, description="input width of a new proprio projector (LIBERO: 8)")
     action_head: Literal["tokens", "l1"] = Field(

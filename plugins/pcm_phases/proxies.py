@@ -1,4 +1,4 @@
-"""Variance proxies: score each phase by how much its chunks can teach (PCM.md step 2)."""
+"""Variance proxies: score each phase by how much its chunks can teach (docs/algorithm.md, step 2)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Budget samplers: choose the chunks of each trajectory that enter the update (PCM.md step 4)."""
+"""Budget samplers: choose the chunks of each trajectory that enter the update (docs/algorithm.md, step 4)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Phase segmenters: map every chunk ``[N, T]`` to a phase id in ``0..P-1`` (PCM.md step 1)."""
+"""Phase segmenters: map every chunk ``[N, T]`` to a phase id in ``0..P-1`` (docs/algorithm.md, step 1)."""
 
 from __future__ import annotations
 
