@@ -15,7 +15,8 @@ DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks", description="GRPO vs PCM side by side")
     p.add_argument("name", choices=[*BENCHMARKS, *BACKEND_BENCHMARKS, "all"])
-    p.add_argument("--quick", action="store_true", help="small settings, each benchmark under 5 minutes on 2 cores")
+    p.add_argument("--quick", action="store_true", help="small settings: under 5 minutes on 2 cores, except "
+                   "distributed_scaling (~8 min) and libero_env_throughput (456 s), per benchmarks/README.md")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for <name>.json/.md/.png")
     p.add_argument("--sizes", help="comma-separated tinyvla sizes (1m,25m,100m,1b) instead of the defaults")

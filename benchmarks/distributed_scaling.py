@@ -157,8 +157,9 @@ machinery (process start, gloo all-reduce, Ray object store), not a speed-up. Wh
   gradients per step, overlapped with the backward: 2 x (W-1)/W x gradient bytes over NVLink
   (OpenVLA-7B in bf16: about 2 x 14 GB x 7/8 = 25 GB, ~0.1 s at ~250 GB/s effective). FSDP2
   (`distributed.strategy=fsdp`) adds one all-gather of the weights per forward and per backward
-  (about 1.5x DDP's traffic) and divides weights, gradients and Adam state by W: what makes a 7B
-  policy with full fine-tuning fit in 80 GB GPUs.
+  (about 1.5x DDP's traffic) and divides gradients and Adam state by W; the full weights are
+  gathered again after each update so the policy can act in rollouts, so every GPU still holds
+  them whole (docs/distributed.md, `distributed.strategy`).
 - **Rollouts**: one actor per simulator process (`--rollout-workers N`, with `ray start` on each
   node); throughput grows with N until the policy's batched inference is the bottleneck. The
   weights are put into the object store once per update (the state dict's bytes, 14 GB for a 7B

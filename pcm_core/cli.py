@@ -45,7 +45,7 @@ def run(
         1, "--nproc", min=1, help="Learner processes on this machine: launches torchrun (one per GPU; gloo on CPU)."
     ),
     rollout_workers: Optional[int] = typer.Option(
-        None, "--rollout-workers", min=0, help="Ray rollout actors (needs the [distributed] extra); same as "
+        None, "--rollout-workers", min=0, help="Ray rollout actors (needs the \\[distributed] extra); same as "
         "--set distributed.rollout_workers=N."
     ),
 ) -> None:
@@ -53,6 +53,7 @@ def run(
     if ctx.invoked_subcommand is not None:
         return
     from pcm_core.config import load_config, resolve_components
+    from pcm_core.ray_rollouts import require_ray
 
     if rollout_workers is not None:
         overrides = [*overrides, f"distributed.rollout_workers={rollout_workers}"]
@@ -66,6 +67,7 @@ def run(
         assert saved.path is not None
         resolved_config = load_config(saved.path / checkpoint.CONFIG, overrides, env=env, policy=policy)
     components = resolve_components(resolved_config)
+    require_ray(resolved_config.distributed.rollout_workers)  # here, not after the warm start
     if dry_run:
         text = yaml.safe_dump(resolved_config.model_dump(mode="json"), sort_keys=False).rstrip()
         out.print(text, markup=False, highlight=False, soft_wrap=True)

@@ -12,6 +12,7 @@ Needs the ``[distributed]`` extra (``ray``); imported only when ``distributed.ro
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import time
@@ -59,6 +60,16 @@ class RolloutActor:
         return collect(self.env, self.policy, groups, group_size, generator, greedy=greedy)
 
 
+def require_ray(workers: int) -> None:
+    """Raise :class:`MissingBackendError` when ``workers`` (``distributed.rollout_workers``) > 0
+    and Ray is not installed (the CLI checks this before anything heavy starts)."""
+    if workers > 0 and importlib.util.find_spec("ray") is None:
+        raise MissingBackendError(
+            f"distributed.rollout_workers = {workers} needs Ray, which is not installed.\n"
+            'Fix: pip install "pcm-vla[distributed]", or --set distributed.rollout_workers=0'
+        )
+
+
 class RayRollouts:
     """``distributed.rollout_workers`` actors; :meth:`collect` has the signature of
     :func:`pcm_core.rollout.collect`, so the runner's dynamic sampling works unchanged."""
@@ -67,13 +78,9 @@ class RayRollouts:
         self, config: RunConfig, components: dict[str, ResolvedComponent], policy: PolicyBackend,
         log: Callable[[str], Any] = print,
     ) -> None:
-        try:
-            import ray
-        except ImportError:
-            raise MissingBackendError(
-                f"distributed.rollout_workers = {config.distributed.rollout_workers} needs Ray, which is not installed.\n"
-                'Fix: pip install "pcm-vla[distributed]", or --set distributed.rollout_workers=0'
-            ) from None
+        require_ray(config.distributed.rollout_workers)
+        import ray
+
         settings, train = config.distributed, config.train
         workers, groups = settings.rollout_workers, train.tasks_per_step
         if groups < workers:
