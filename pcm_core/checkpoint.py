@@ -15,6 +15,9 @@ Layout of one checkpoint (``<run_dir>/checkpoints/step_000042/``)::
 Writing: a hidden temporary folder, every file fsynced, the folder renamed into place, then the
 ``latest`` pointer (a one-line text file) replaced atomically; older checkpoints beyond
 ``keep`` are renamed away before they are deleted, so a ``step_*`` folder is always complete.
+Checkpoints with a higher step than the one just written (left by a continuation that a resume
+from an older checkpoint abandoned) are never pruned; a warning names them, and the new run
+replaces each one when it reaches its step.
 Loading reads only safetensors, JSON and YAML (never pickle) and verifies the manifest first.
 """
 
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import random
 import re
@@ -47,6 +51,8 @@ MANIFEST = "manifest.json"
 STATE = "state.json"
 CONFIG = "config.yaml"
 STEP_DIR = re.compile(r"^step_(\d+)$")
+
+logger = logging.getLogger(__name__)
 
 
 class CheckpointError(PcmError):
@@ -115,7 +121,7 @@ def write_pointer(path: Path, text: str) -> None:
 
 def save(run_dir: str | Path, checkpoint: Checkpoint, keep: int = 3) -> Path:
     """Write ``checkpoint`` as ``<run_dir>/checkpoints/step_<step>``, point ``latest`` at it and
-    delete all but the newest ``keep`` checkpoints. Returns the checkpoint folder."""
+    prune older checkpoints (see :func:`_prune`). Returns the checkpoint folder."""
     root = Path(run_dir) / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
     _remove_leftovers(root)
@@ -140,9 +146,25 @@ def save(run_dir: str | Path, checkpoint: Checkpoint, keep: int = 3) -> Path:
     os.replace(temp, final)
     _fsync_dir(root)
     write_pointer(root / LATEST, name)
-    for old in list_checkpoints(root)[:-keep] if keep > 0 else []:
-        _discard(old)
+    _prune(root, final, keep)
     return final
+
+
+def _prune(root: Path, written: Path, keep: int) -> None:
+    """Keep the newest ``keep`` checkpoints up to ``written`` (which is always kept; ``keep`` <= 0
+    keeps all). Checkpoints after it belong to an abandoned continuation: left alone, with a warning."""
+    found = list_checkpoints(root)
+    index = found.index(written)
+    older, newer = found[: index + 1], found[index + 1 :]
+    if newer:
+        logger.warning(
+            "checkpoints after %s are left from an abandoned continuation and are kept: %s; "
+            "delete them if they are not needed",
+            written.name,
+            ", ".join(p.name for p in newer),
+        )
+    for old in older[:-keep] if keep > 0 else []:
+        _discard(old)
 
 
 def _discard(path: Path) -> None:

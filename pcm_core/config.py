@@ -173,6 +173,8 @@ def format_validation_error(exc: ValidationError, prefix: str = "", model: type[
     """
     err = exc.errors()[0]
     loc = tuple(err["loc"])
+    if not loc:
+        return _model_error(err, prefix)
     key = prefix + ".".join(str(p) for p in loc)
     if err["type"] == "extra_forbidden":
         owner = model if model is not None else _model_at(loc[:-1])
@@ -184,6 +186,16 @@ def format_validation_error(exc: ValidationError, prefix: str = "", model: type[
     shown = repr(got) if not isinstance(got, dict) else "a mapping"
     where = "`pcm-run plugins`" if prefix else "docs/configuration.md"
     return f"'{key}' = {shown}: {err['msg']}.\nFix: set {key} to a valid value (see {where})."
+
+
+def _model_error(err: dict[str, Any], prefix: str) -> str:
+    """Two lines for an error of a model validator, which concerns several keys of the section
+    ``prefix`` names (e.g. ``policy.options: hidden_size 130 is not divisible by num_heads 4``)."""
+    section = prefix.rstrip(".") or "the config"
+    reason = err.get("ctx", {}).get("error")
+    message = str(reason) if reason is not None else err["msg"]
+    where = "`pcm-run plugins`" if prefix else "docs/configuration.md"
+    return f"{section}: {message.rstrip('.')}.\nFix: change the keys of {section} it names so they agree (see {where})."
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -50,4 +50,6 @@ def pcm_on_step_end(step: int, metrics: dict[str, float]) -> None:
 
 @hookspec
 def pcm_on_run_end(summary: dict[str, Any]) -> None:
-    """Called once when training finishes or stops, with the run summary."""
+    """Called once when training finishes or a signal (SIGINT, SIGTERM) stops it after a step, with
+    the run summary ``{"run_dir", "history", "stopped"}`` (``stopped`` True for a signal stop).
+    Not called when the run fails with an error (including too many skipped updates)."""

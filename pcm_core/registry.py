@@ -11,6 +11,7 @@ import difflib
 import importlib
 import importlib.metadata
 import importlib.util
+import logging
 import os
 from dataclasses import dataclass
 from functools import lru_cache
@@ -18,7 +19,7 @@ from functools import lru_cache
 import pluggy
 
 from pcm_core import hookspecs
-from pcm_core.errors import ConfigError, MissingBackendError, UnknownComponentError
+from pcm_core.errors import MissingBackendError, UnknownComponentError
 from pcm_core.interfaces import KINDS, Component
 
 ENTRY_POINT_GROUP = "pcm"
@@ -48,7 +49,10 @@ KNOWN_BACKENDS = {
     ("policy", "openvla"): "openvla",
     ("policy", "openvla-oft"): "openvla",
 }
-"""Components this project ships behind an extra: (kind, name) -> extra."""
+"""Components this project ships behind an extra: (kind, name) -> extra. The built-in plugin
+``pcm_<extra>.plugin`` registers them."""
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -128,6 +132,10 @@ class Registry:
                 def register(name: str, cls: type, _kind=kind, _p=plugin, _d=distribution) -> None:
                     if not (isinstance(cls, type) and issubclass(cls, KINDS[_kind])):
                         raise TypeError(f"plugin {_p} registered {_kind} '{name}' that is not a {KINDS[_kind].__name__}")
+                    earlier = components[_kind].get(name)
+                    if earlier is not None:
+                        _warn_duplicate(earlier, _p)
+                        return
                     components[_kind][name] = Registration(_kind, name, cls, _p, _d)
 
                 try:
@@ -154,6 +162,12 @@ class Registry:
             return found
         extra = KNOWN_BACKENDS.get((kind, name))
         if extra is not None:
+            broken = self._broken_plugin(f"pcm_{extra}.plugin")
+            if broken is not None:
+                raise MissingBackendError(
+                    f"{kind} '{name}' cannot be loaded: plugin {broken.plugin} failed with {broken.error.splitlines()[0]}.\n"
+                    f"Fix: correct that error (a missing module: pip install \"pcm-vla[{extra}]\")"
+                )
             raise MissingBackendError(
                 f"{kind} '{name}' is not installed.\nFix: pip install \"pcm-vla[{extra}]\""
             )
@@ -161,11 +175,29 @@ class Registry:
         close = difflib.get_close_matches(name, names, n=1)
         hint = f"did you mean '{close[0]}'? " if close else ""
         raise UnknownComponentError(
-            f"unknown {kind} '{name}'.\nFix: {hint}installed {kind}s: {', '.join(names) or 'none'}"
+            f"unknown {kind} '{name}'.\nFix: {hint}installed {_plural(kind)}: {', '.join(names) or 'none'}"
         )
+
+    def _broken_plugin(self, plugin: str) -> BrokenPlugin | None:
+        """The record of ``plugin`` if it failed to load or register, else None."""
+        return next((broken for broken in self.broken if broken.plugin == plugin), None)
 
     def hook(self) -> pluggy.HookRelay:
         return self.pm.hook
+
+
+def _plural(kind: str) -> str:
+    """``policy`` -> ``policies``, ``env`` -> ``envs``."""
+    return kind[:-1] + "ies" if kind.endswith("y") else kind + "s"
+
+
+def _warn_duplicate(earlier: Registration, plugin: str) -> None:
+    """``plugin`` registers a name ``earlier`` already holds: the earlier registration stays."""
+    logger.warning(
+        "plugin %s registers %s '%s', which plugin %s already registered; %s's is used. "
+        "Fix: give one of them another name",
+        plugin, earlier.kind, earlier.name, earlier.plugin, earlier.plugin,
+    )
 
 
 @lru_cache(maxsize=1)

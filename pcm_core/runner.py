@@ -115,19 +115,24 @@ def evaluate(env: EnvBackend, policy: PolicyBackend, config: RunConfig) -> float
 
 
 def build(components: dict[str, ResolvedComponent], config: RunConfig, device: torch.device) -> dict[str, Any]:
-    """Instantiate every component (this is where heavy imports and model loading happen)."""
+    """Instantiate every component (this is where heavy imports and model loading happen).
+    The env (its worker processes, its simulators) is closed again if a later component fails."""
     num_envs = config.train.tasks_per_step * config.train.group_size
     if config.env.workers > 0:
         env = SubprocessEnv(components["env"], num_envs, config.train.seed, config.env.workers)
     else:
         env = components["env"].build(num_envs=num_envs, seed=config.train.seed)
-    return {
-        "env": env,
-        "policy": components["policy"].build().to(device),
-        "segmenter": components["segmenter"].build(),
-        "proxy": components["proxy"].build(),
-        "sampler": components["sampler"].build(),
-    }
+    try:
+        return {
+            "env": env,
+            "policy": components["policy"].build().to(device),
+            "segmenter": components["segmenter"].build(),
+            "proxy": components["proxy"].build(),
+            "sampler": components["sampler"].build(),
+        }
+    except BaseException:
+        env.close()
+        raise
 
 
 def _progress(console: Console) -> Progress:
@@ -355,6 +360,7 @@ def train(
                     break
         if stop.signal is not None and step < config.train.steps:
             result.stopped = True
+            hooks.pcm_on_run_end(summary={"run_dir": str(run_dir), "history": result.history, "stopped": True})
             tracker.end(status="KILLED")
             console.print(f"stopped by {stop.signal} after step {step}; checkpoint: {path}", soft_wrap=True)
             console.print(f"resume with: pcm-run --resume {path}", soft_wrap=True, markup=False, highlight=False)
@@ -362,7 +368,7 @@ def train(
         distributed.release(learner)
         if context.is_main:
             _write_artifacts(result, policy, last_batch, tracker)
-        hooks.pcm_on_run_end(summary={"run_dir": str(run_dir), "history": result.history})
+        hooks.pcm_on_run_end(summary={"run_dir": str(run_dir), "history": result.history, "stopped": False})
         tracker.end()
     except BaseException:
         tracker.end(status="FAILED")

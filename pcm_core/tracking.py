@@ -128,6 +128,8 @@ class Tracker:
             self._go_offline(exc)
 
     def end(self, status: str = "FINISHED") -> None:
+        """Finish the run with ``status``; never raises, so on a crash the training error is the one
+        that reaches the user."""
         if self._mlflow is None:
             return
         self._mlflow = None
@@ -145,7 +147,11 @@ class Tracker:
                 return
             except Exception as exc:  # noqa: BLE001
                 self._go_offline(exc)
-        self._write_local(status)
+        try:
+            self._write_local(status)
+        except Exception as exc:  # noqa: BLE001 - a tracking failure must not replace the run's own outcome
+            first = (str(exc).strip().splitlines() or [""])[0][:200]
+            self.log(f"warning: metrics of this run were not tracked: the local MLflow store failed ({type(exc).__name__}: {first})")
 
     def _write_local(self, status: str) -> None:
         """The whole run into ``<local_dir>/mlflow.db`` (a SQLite MLflow store)."""

@@ -177,18 +177,22 @@ class LiberoEnv(EnvBackend):
         return env
 
     def _assign(self, tasks: list[int]) -> None:
-        """Give every slot a simulator of its task, reusing built ones; at most ``num_envs`` are kept."""
+        """Give every slot a simulator of its task, reusing built ones; at most ``num_envs`` are kept.
+
+        Exception-safe: the unneeded simulators are closed and dropped before new ones are built,
+        and each new one is recorded as soon as it exists, so if a build fails :meth:`close` closes
+        every live simulator exactly once (and :meth:`step` asks for a reset)."""
         pool = [s for s in self._slots if s.env is not None]
         fresh: list[_Slot] = []
         for task in tasks:
             match = next((i for i, s in enumerate(pool) if s.task == task), None)
             fresh.append(pool.pop(match) if match is not None else _Slot(task=task))
+        self._slots = fresh
         for slot in pool:  # simulators of tasks not needed now
             slot.env.close()
         for slot in fresh:
             if slot.env is None:
                 slot.env = self._build(slot.task)
-        self._slots = fresh
 
     def reset(self, task_ids: Sequence[int], init_states: Sequence[int]) -> tuple[dict[str, np.ndarray], list[str]]:
         """Start env ``b`` on task ``task_ids[b]`` from fixed initial state ``init_states[b] mod 50``
@@ -223,7 +227,7 @@ class LiberoEnv(EnvBackend):
 
     def step(self, actions: np.ndarray) -> StepResult:
         """Apply ``actions`` ``[B, 7]`` (clipped to ``[-1, 1]``) to every env that is not done."""
-        if not self._slots or self._slots[0].env is None:
+        if not self._slots or any(slot.env is None for slot in self._slots):
             raise RuntimeError("call reset() before step()")
         actions = np.asarray(actions, dtype=np.float64)
         if actions.shape != (self.num_envs, 7):

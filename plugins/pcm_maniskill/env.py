@@ -167,9 +167,13 @@ class ManiSkillEnv(EnvBackend):
                 ) from None
             raise
 
+    def _key(self, slot: int, task: str) -> tuple[int, str]:
+        """Which env serves ``slot`` running ``task``: one per slot and task on CPU, one for all slots on GPU."""
+        return (0, task) if self.sim_backend == "physx_cuda" else (slot, task)
+
     def _sim(self, slot: int, task: str) -> Any:
-        """The env serving ``slot``: one per slot and task on CPU, one for all slots on GPU."""
-        key = (0, task) if self.sim_backend == "physx_cuda" else (slot, task)
+        """The env serving ``slot`` (see :meth:`_key`), made on first use."""
+        key = self._key(slot, task)
         if key not in self._sims:
             count = self.num_envs if self.sim_backend == "physx_cuda" else 1
             self._sims[key] = self._make(task, count)
@@ -200,6 +204,13 @@ class ManiSkillEnv(EnvBackend):
             obs["state"] = np.pad(state, ((0, 0), (0, opt.state_dim - state.shape[1])))
         return obs
 
+    def _close_unused(self) -> None:
+        """Close the envs the current task assignment no longer uses, so at most one SAPIEN scene
+        per slot stays alive (not one per slot and task)."""
+        used = {self._key(b, task) for b, task in enumerate(self._task_of_slot)}
+        for key in [key for key in self._sims if key not in used]:
+            self._sims.pop(key).close()
+
     def _groups(self) -> list[tuple[Any, np.ndarray]]:
         """Every (env, batch slots it serves) pair of the current episode."""
         if self.sim_backend == "physx_cuda":
@@ -213,6 +224,7 @@ class ManiSkillEnv(EnvBackend):
         if (init_states < 0).any() or (init_states >= 2**31).any():
             raise ValueError("initial states must be integers in 0..2**31-1 (ManiSkill episode seeds)")
         self._task_of_slot = [self.options.tasks[t] for t in task_ids]
+        self._close_unused()
         parts: list[tuple[np.ndarray, dict[str, np.ndarray]]] = []
         for sim, slots in self._groups():
             seeds = [int(s) for s in init_states[slots]]

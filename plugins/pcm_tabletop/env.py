@@ -118,7 +118,9 @@ def sample_layout(init_state: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 class TabletopOptions(Options):
     image_size: int = Field(64, ge=16, le=512, description="side of the square top-down camera image in pixels")
     render_size: int = Field(128, ge=16, le=1024, description="side of the frames render() draws for videos")
-    max_steps: int = Field(256, ge=1, description="fixed episode length in env steps (64 chunks of 4 actions)")
+    max_steps: int = Field(
+        256, ge=1, description="episode limit in env steps (64 chunks of 4 actions); with end_on_success a solved episode ends earlier"
+    )
     max_translation: float = Field(0.05, gt=0.0, description="gripper travel per step at |action| = 1 (table is 2 x 2)")
     max_rotation: float = Field(0.15, gt=0.0, description="gripper yaw change per step at |action| = 1, radians")
     grasp_tolerance: float = Field(0.03, gt=0.0, description="max gripper-to-block distance in the plane for a grasp")

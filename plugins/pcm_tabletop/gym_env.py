@@ -19,8 +19,9 @@ class TabletopGymEnv(gymnasium.Env):
     the task variant and layout (each drawn from the seeded generator when left out).
     Observations are the vector env's for one env: ``image`` uint8 ``[H, W, 3]``, ``proprio``
     float32 ``[5]`` and, with ``state_obs``, ``state`` float32 ``[12]``. ``reward`` is
-    ``float(success)`` every step (success stays True once reached), ``terminated`` is always
-    False and ``truncated`` is True at the fixed horizon ``max_steps``.
+    ``float(success)`` every step (success stays True once reached). ``terminated`` is True at
+    the first success when ``end_on_success`` (the default), else always False; ``truncated`` is
+    True when ``max_steps`` ends an episode that did not terminate.
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 20}
