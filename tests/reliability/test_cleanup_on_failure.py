@@ -1,4 +1,4 @@
-"""Review fixes: pruning never discards the checkpoint just written; a failed build closes the env
+"""Pruning never discards the checkpoint just written; a failed build closes the env
 workers; a signal stop calls ``pcm_on_run_end``; a tracking failure at the end never replaces the
 run's own outcome; the ManiSkill and LIBERO backends close the simulators they no longer use."""
 

@@ -1,4 +1,4 @@
-"""Review fixes: errors of Options model validators name their section; the registry reports a
+"""Errors of Options model validators name their section; the registry reports a
 broken plugin's own error, warns about a name registered twice and writes correct plurals."""
 
 from __future__ import annotations
