@@ -119,7 +119,9 @@ class TrainConfig(Section):
     threads: int | None = Field(
         None, gt=0, description="torch CPU threads (None: torch's default); 1 is faster on a busy machine"
     )
-    dtype: Literal["float32", "bfloat16"] = Field("float32", description="autocast dtype on CUDA")
+    dtype: Literal["float32", "bfloat16"] = Field(
+        "float32", description="autocast dtype on CUDA, for rollouts, the reference and the update alike"
+    )
     output_dir: str = Field("runs", description="checkpoints and local artifacts")
     checkpoint_every: int = Field(10, ge=0, description="steps between checkpoints (0: only at the end and on a stop)")
     keep_checkpoints: int = Field(3, gt=0, description="newest checkpoints kept in <run>/checkpoints")

@@ -32,6 +32,13 @@ class SelectionResult:
     batch: CompactBatch
 
 
+def policy_precision(device: torch.device, train: TrainConfig) -> torch.autocast:
+    """bf16 autocast on CUDA when ``train.dtype`` is ``bfloat16``, else a no-op. Rollouts, the
+    reference and the update all run under it, so an unchanged policy gives ratios of exactly 1."""
+    enabled = device.type == "cuda" and train.dtype == "bfloat16"
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
 class Learner:
     """Holds the optimizer, PCM's keep-probabilities and the sampling generator."""
 
@@ -91,16 +98,15 @@ class Learner:
         device = self.policy.device
         totals = {"loss": 0.0, "clip_fraction": 0.0}
         micro = self.train.micro_batch_size
-        autocast = device.type == "cuda" and self.train.dtype == "bfloat16"
         for start in range(0, len(batch), micro):
             part = batch.slice(start, start + micro)
             obs = {key: value.to(device, non_blocking=True) for key, value in part.obs.items()}
             tokens = part.tokens.to(device)
             ref_logprobs = None
             if self.reference is not None:
-                with torch.no_grad():
+                with torch.no_grad(), policy_precision(device, self.train):
                     ref_logprobs = self.reference.log_probs(obs, part.instructions, tokens).float()
-            with self.meter.measure(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            with self.meter.measure(), policy_precision(device, self.train):
                 logprobs = self.policy.log_probs(obs, part.instructions, tokens).float()  # log pi_theta  [c, L]
                 loss, stats = policy_loss(
                     logprobs,

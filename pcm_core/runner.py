@@ -22,7 +22,7 @@ from pcm_core.algo.grpo import uniform_groups
 from pcm_core.config import ResolvedComponent, RunConfig
 from pcm_core.errors import PcmError
 from pcm_core.interfaces import EnvBackend, PolicyBackend
-from pcm_core.learner import Learner
+from pcm_core.learner import Learner, policy_precision
 from pcm_core.plots import plot_keep_probabilities, plot_success, write_gif
 from pcm_core.profiling import StepTimer
 from pcm_core.registry import get_registry
@@ -109,7 +109,8 @@ def evaluate(env: EnvBackend, policy: PolicyBackend, config: RunConfig) -> float
     for start in range(0, episodes, env.num_envs):
         ids = [start + i for i in range(env.num_envs)]
         groups = [GroupSpec(i % env.num_tasks, EVAL_INIT_OFFSET + i) for i in ids]
-        batch = collect(env, policy, groups, 1, generator, greedy=config.train.eval_greedy)
+        with policy_precision(policy.device, config.train):
+            batch = collect(env, policy, groups, 1, generator, greedy=config.train.eval_greedy)
         successes.extend(batch.rewards.tolist()[: episodes - start])
     return float(np.mean(successes))
 
@@ -327,7 +328,7 @@ def train(
             )
             for step in range(first_step, config.train.steps + 1):
                 timer = StepTimer()
-                with timer.section("rollout", device):
+                with timer.section("rollout", device), policy_precision(device, config.train):
                     last_batch = collect_step(env, policy, local, rng, generator, rollouts.collect if rollouts else collect)
                 metrics = learner.update(last_batch, timer)
                 metrics["faults/env_restarts"] = float(getattr(env, "restarts", 0))

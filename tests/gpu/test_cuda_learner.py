@@ -76,3 +76,21 @@ def test_bf16_update_reports_peak_memory_and_moves_the_weights(setup):
     assert any(not torch.equal(a, b) for a, b in zip(before, policy.module.parameters()))
     assert peaks["pcm"][1] < peaks["all"][1]  # 16 of 64 chunks saved for backward
     assert 0 < peaks["pcm"][0] <= peaks["all"][0]
+
+
+def test_bf16_rollout_and_update_agree_on_an_unchanged_policy(setup):
+    """Rollouts run under the same bf16 autocast as the update: before any step, every token's
+    ratio is 1, so nothing is clipped."""
+    from pcm_core.learner import policy_precision
+
+    policy, _ = setup
+    config = config_for("all", 4, "1m", overrides=[*OVERRIDES, "train.dtype=bfloat16"])
+    env = build_env(config, 4)
+    with policy_precision(policy.device, config.train):
+        batch, _ = collect_batch(policy, env, groups=2, group_size=2, seed=1)
+    env.close()
+    learner = make_learner(policy, config)
+    compact_batch = learner.select(batch).batch
+    losses = learner.backward(compact_batch)
+    learner.optimizer.zero_grad(set_to_none=True)
+    assert losses["clip_fraction"] == 0.0
