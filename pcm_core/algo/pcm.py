@@ -22,8 +22,9 @@ def trajectory_budgets(lengths: Tensor, budget: int, scaling: BudgetScaling, hor
     """Chunks each trajectory keeps, ``B_i`` ``[N]`` long (step 4).
 
     - ``fixed`` (the paper): ``B_i = min(B, T_i)``;
-    - ``length``: ``B_i = min(T_i, max(1, round(B * T_i / horizon)))``, so a trajectory that ends
-      early (at its success) keeps the same fraction ``B / horizon`` as one that runs to the horizon.
+    - ``length``: ``B_i = min(T_i, max(1, round(B * T_i / horizon)))`` (round half to even, as
+      ``torch.round``), so a trajectory that ends early (at its success) keeps the same fraction
+      ``B / horizon`` as one that runs to the horizon.
 
     Args:
         lengths: ``[N]`` real chunks ``T_i``.
@@ -208,7 +209,9 @@ def compact(
     - ``masked`` + ``traj_sum``: ``w = 1 / (N * L * T_i)``, each trajectory's kept-token sum over
       its full token count;
     - ``iw`` (Horvitz-Thompson): ``w = 1 / (N * L * T_i * pi_t)`` whatever ``aggregation`` says:
-      the unbiased estimator of the ``traj_sum`` GRPO loss (equal to it when every ``pi_t = 1``).
+      the unbiased estimator of the ``traj_sum`` GRPO loss (equal to it when every ``pi_t = 1``)
+      as long as every real chunk has ``pi_t > 0``; chunks a sampler never draws (``topk``, or a
+      phase with ``q_k = 0`` when the exploration floor is off) are missing from its expectation.
 
     With every chunk kept, ``masked`` is plain GRPO with the same aggregation.
 

@@ -20,6 +20,7 @@ vocabulary ids and a chunk's log-probability is the sum of its token log-probabi
 from __future__ import annotations
 
 import copy
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -384,12 +385,19 @@ class OpenVLAOFTPolicy(OpenVLAPolicy):
         proprio, width = obs[key].float(), projector.proprio_dim
         if proprio.shape[-1] > width:
             raise ValueError(f"observation '{key}' has {proprio.shape[-1]} numbers, the proprio projector takes {width}")
-        proprio = torch.nn.functional.pad(proprio, (0, width - proprio.shape[-1]))  # narrower vectors: zeros
         stats = self.stats_all.get("proprio")
-        if stats is not None and len(stats["q01"]) == width:
+        if stats is not None and len(stats["q01"]) == proprio.shape[-1]:
             from pcm_openvla.action_tokens import normalize
 
             proprio = normalize(proprio, stats)
+        elif stats is not None:
+            warnings.warn(
+                f"observation '{key}' has {proprio.shape[-1]} numbers but the proprio statistics of "
+                f"'{self.options.unnorm_key}' have {len(stats['q01'])}: the proprio goes in unnormalised. "
+                "Fix: set policy.options.unnorm_key to the env's dataset, or proprio_key to null",
+                stacklevel=2,
+            )
+        proprio = torch.nn.functional.pad(proprio, (0, width - proprio.shape[-1]))  # narrower vectors: zeros
         return projector(proprio.to(self.device, visual.dtype)).unsqueeze(1)
 
     @property

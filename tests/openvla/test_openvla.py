@@ -476,3 +476,15 @@ def test_7b_benchmark_script_runs_on_a_tiny_model(tmp_path):
                  "--image-size", "28", "--repeats", "1", "--out", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "openvla_7b.json").read_text())
     assert [s[0]["kept_chunks"] for s in (result["samples"]["grpo"], result["samples"]["pcm"])] == [8, 2]
+
+
+def test_proprio_statistics_of_another_width_are_not_applied(tiny_folder, obs):
+    """The tabletop's 5-number proprio and the 8-wide statistics of 'tabletop' in the tiny
+    checkpoint: the proprio goes in as is, with a warning, instead of normalised with the wrong numbers."""
+    policy = oft(tiny_folder)
+    five = {**obs, "proprio": torch.full((obs["proprio"].shape[0], 5), 0.5)}
+    with pytest.warns(UserWarning, match="has 5 numbers but the proprio statistics of 'tabletop' have 8"):
+        token = policy.extra_tokens(five, torch.zeros(five["proprio"].shape[0], 1, 1))
+    projector = policy.model.proprio_projector
+    padded = torch.nn.functional.pad(five["proprio"], (0, projector.proprio_dim - 5))
+    torch.testing.assert_close(token[:, 0], projector(padded))
