@@ -33,6 +33,10 @@ class EnvConfig(Section):
         0, ge=0, description="processes the envs of a step are split across (0: in this process); a worker that "
         "dies is restarted and its trajectories of that step are dropped (docs/reliability.md)",
     )
+    worker_timeout_s: float = Field(
+        600.0, gt=0.0, description="seconds an env worker may take over one command (building its env, a reset, a "
+        "chunk of steps) before it counts as hung: it is killed and restarted like one that died",
+    )
 
 
 class PolicyConfig(Section):

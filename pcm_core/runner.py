@@ -120,7 +120,9 @@ def build(components: dict[str, ResolvedComponent], config: RunConfig, device: t
     The env (its worker processes, its simulators) is closed again if a later component fails."""
     num_envs = config.train.tasks_per_step * config.train.group_size
     if config.env.workers > 0:
-        env = SubprocessEnv(components["env"], num_envs, config.train.seed, config.env.workers)
+        env = SubprocessEnv(
+            components["env"], num_envs, config.train.seed, config.env.workers, timeout_s=config.env.worker_timeout_s
+        )
     else:
         env = components["env"].build(num_envs=num_envs, seed=config.train.seed)
     try:

@@ -42,6 +42,9 @@ MAX_FAILURES = 3
 
 CLOSE_TIMEOUT_S = 10.0
 
+ANSWER_TIMEOUT_S = 600.0
+"""Default seconds a worker may take over one command before it counts as hung (``env.worker_timeout_s``)."""
+
 logger = logging.getLogger(__name__)
 
 
@@ -177,12 +180,14 @@ class SubprocessEnv(EnvBackend):
         seed: int = 0,
         workers: int = 1,
         max_failures: int = MAX_FAILURES,
+        timeout_s: float = ANSWER_TIMEOUT_S,
     ) -> None:
         super().__init__(component.options, num_envs, seed)
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
         self.component = component
         self.max_failures = max_failures
+        self.timeout_s = timeout_s
         self.restarts = 0
         self._context = _context()
         count = min(workers, num_envs)
@@ -298,9 +303,14 @@ class SubprocessEnv(EnvBackend):
         return f"env worker {worker.index} (env '{self.component.name}', envs {worker.envs.start}..{worker.envs.stop - 1})"
 
     def _answer(self, worker: _Worker, doing: str) -> Any:
-        """Wait for ``worker``'s answer; raises :class:`WorkerDied` when its process ends first."""
+        """Wait for ``worker``'s answer; raises :class:`WorkerDied` when its process ends first or
+        gives no answer within ``timeout_s`` (then it is killed: a hung simulator counts as dead)."""
         assert worker.conn is not None
-        ready = wait([worker.conn, worker.process.sentinel])
+        ready = wait([worker.conn, worker.process.sentinel], timeout=self.timeout_s)
+        if not ready:
+            worker.process.kill()
+            worker.process.join(CLOSE_TIMEOUT_S)
+            raise WorkerDied(f"gave no answer for {self.timeout_s:g} s (killed) while {doing}")
         try:
             if worker.conn not in ready:
                 raise EOFError

@@ -1,4 +1,4 @@
-"""A tabletop env that really segfaults, for the env-worker tests (imported by module path in the
+"""A tabletop env that really segfaults (or hangs), for the env-worker tests (imported by module path in the
 worker processes)."""
 
 from __future__ import annotations
@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import resource
 import signal
+import time
 from typing import Sequence
 
 import numpy as np
@@ -19,6 +20,7 @@ class CrashingOptions(TabletopOptions):
     crash_on_build: bool = Field(False, description="segfault in __init__")
     crash_init_state: int | None = Field(None, description="segfault in an episode that has this initial state ...")
     crash_at_step: int = Field(3, ge=1, description="... at this step of the episode")
+    hang: bool = Field(False, description="hang (sleep for an hour) instead of segfaulting")
 
 
 def segfault() -> None:
@@ -41,5 +43,5 @@ class CrashingEnv(TabletopEnv):
 
     def step(self, actions: np.ndarray) -> StepResult:
         if self.doomed and int(self.steps.max()) + 1 == self.options.crash_at_step:
-            segfault()
+            time.sleep(3600) if self.options.hang else segfault()
         return super().step(actions)
