@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from tiny_policy import TinyPolicy, make_batch
+from tiny_policy import TinyPolicy, make_batch, naive_grpo_loss
 
 from pcm_core.algo.grpo import group_advantages
 from pcm_core.algo.pcm import compact
@@ -120,20 +120,36 @@ def test_topk_keeps_highest_keep_probability_earliest_first():
 
 def test_pcm_sampler_uses_phase_keep_probabilities(batch):
     selection = build("sampler", "pcm").select(progress_phases(batch), batch.lengths, KEEP_PROBS, 2, torch.Generator().manual_seed(0))
-    pi = selection.inclusion_prob[1]  # T = 9: phases 0,0,0,1,1,2,2,3,3 (floor(4 t / 9))
-    assert float(pi[8]) == 0.0 and float(pi[0]) > float(pi[3]) > float(pi[5])
-    assert abs(float(pi.sum()) - 2.0) < 1e-12
+    # T = 9: phases 0,0,0,1,1,2,2,3,3 (floor(4 t / 9)), q = .7 .7 .7 .2 .2 .1 .1 0 0, sum 2.7:
+    # pi = 2 q / 2.7 (none above 1) = (14, 14, 14, 4, 4, 2, 2, 0, 0) / 27
+    expected = torch.tensor([14, 14, 14, 4, 4, 2, 2, 0, 0], dtype=torch.float64) / 27
+    torch.testing.assert_close(selection.inclusion_prob[1], expected, rtol=1e-15, atol=1e-15)
+    # T = 6: phases 0,0,1,2,2,3, q sum 1.8: pi = 2 q / 1.8 = (7, 7, 2, 1, 1, 0) / 9
+    expected = torch.tensor([7, 7, 2, 1, 1, 0], dtype=torch.float64) / 9
+    torch.testing.assert_close(selection.inclusion_prob[0, :6], expected, rtol=1e-15, atol=1e-15)
+    assert selection.keep.sum(1).tolist() == [2] * 6
+    assert not bool((selection.keep & (selection.inclusion_prob == 0)).any())  # phase 3 (q = 0) is never kept
 
 
 @pytest.mark.parametrize("name", SAMPLERS)
 @pytest.mark.parametrize("estimator, aggregation", [("masked", "token_mean"), ("masked", "seq_mean"), ("iw", "traj_sum")])
 def test_budget_at_least_length_is_grpo_bit_for_bit(batch, name, estimator, aggregation):
+    """With B >= T every sampler keeps every real chunk with pi = 1: plain GRPO, computed
+    independently on the padded batch (and bit for bit what the ``all`` sampler gives)."""
     phases, advantages = progress_phases(batch), group_advantages(batch.rewards, batch.group_index)
     budget = batch.max_chunks
-    grpo = build("sampler", "all").select(phases, batch.lengths, KEEP_PROBS, budget)
     selection = build("sampler", name).select(phases, batch.lengths, KEEP_PROBS, budget, torch.Generator().manual_seed(0))
     assert torch.equal(selection.keep, batch.chunk_mask)
-    assert torch.equal(selection.inclusion_prob, grpo.inclusion_prob)
-    loss, grad = TinyPolicy().loss_and_grad(compact(batch, selection, advantages, estimator, aggregation))
-    grpo_loss, grpo_grad = TinyPolicy().loss_and_grad(compact(batch, grpo, advantages, estimator, aggregation))
-    assert torch.equal(loss, grpo_loss) and torch.equal(grad, grpo_grad)
+    assert torch.equal(selection.inclusion_prob, batch.chunk_mask.to(torch.float64))
+    policy = TinyPolicy()
+    loss, grad = policy.loss_and_grad(compact(batch, selection, advantages, estimator, aggregation))
+    policy.zero_grad()
+    reference = naive_grpo_loss(policy, batch, advantages, "traj_sum" if estimator == "iw" else aggregation)
+    reference.backward()
+    reference_grad = torch.cat([p.grad.flatten() for p in policy.parameters()])
+    assert torch.allclose(loss, reference.detach(), rtol=0, atol=1e-12)
+    assert torch.allclose(grad, reference_grad, rtol=0, atol=1e-12)
+    if name != "all":
+        grpo = build("sampler", "all").select(phases, batch.lengths, KEEP_PROBS, budget)
+        grpo_loss, grpo_grad = TinyPolicy().loss_and_grad(compact(batch, grpo, advantages, estimator, aggregation))
+        assert torch.equal(loss, grpo_loss) and torch.equal(grad, grpo_grad)

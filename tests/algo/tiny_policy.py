@@ -1,9 +1,9 @@
-"""A small rollout batch and a tiny per-chunk policy for the PCM/GRPO tests (float64)."""
+"""A small rollout batch, a tiny per-chunk policy and a naive GRPO reference loss for the PCM/GRPO tests (float64)."""
 
 import torch
 from torch import Tensor, nn
 
-from pcm_core.algo.grpo import policy_loss
+from pcm_core.algo.grpo import policy_loss, ppo_clip_token_loss
 from pcm_core.types import CompactBatch, RolloutBatch
 
 FEATURES, TOKENS, VOCAB = 2, 2, 2  # per-chunk feature size, L, V
@@ -69,3 +69,14 @@ def make_batch(lengths: list[int], rewards: list[float], groups: list[int], seed
         group_index=torch.tensor(groups),
     )
 
+
+def naive_grpo_loss(policy, batch, advantages, aggregation):
+    """Plain GRPO on the padded batch: token losses [N, T, L] averaged as ``aggregation`` says."""
+    n, t, length = batch.tokens.shape
+    real = batch.chunk_mask
+    logprobs = policy.log_probs(batch.obs["feature"][real], batch.tokens[real])
+    token_loss = ppo_clip_token_loss(logprobs, batch.old_logprobs[real], advantages[:, None].expand(n, t)[real], 0.2, 0.28)
+    if aggregation == "token_mean":
+        return token_loss.sum() / token_loss.numel()
+    per_trajectory = torch.zeros(n, dtype=token_loss.dtype).index_add(0, real.nonzero()[:, 0], token_loss.sum(1))
+    return (per_trajectory / (batch.lengths * length)).mean()  # seq_mean = traj_sum when nothing is dropped

@@ -1,6 +1,7 @@
 """Every benchmark runs end to end in its tiny mode and writes JSON + markdown + PNG.
 
-Only the files and the keys are checked: timings are never asserted.
+Files, keys and the values that hold exactly in tiny mode (kept chunks, bytes proportional to
+them, the algebra between the reported statistics) are checked; timings are never asserted.
 """
 
 import json
@@ -25,6 +26,77 @@ EXPECTED_KEYS = {
 }
 
 
+def kept_at(budget: int | None, trajectories: list[int]) -> int:
+    """Chunks PCM keeps of trajectories that all run to the horizon: min(B, T_i) each (all: T_i)."""
+    return sum(t if budget is None else min(budget, t) for t in trajectories)
+
+
+def check_activation_memory(result):
+    (run,) = result["runs"]  # the 1m model, one micro-batch size in tiny mode
+    lengths = result["batch"]["chunks_per_trajectory"]
+    assert lengths == [16, 16, 16, 16]  # 4 trajectories to the 64-step horizon
+    configs = run["configs"]
+    everything = configs["all"]
+    assert everything["kept_chunks"] == 64 and everything["total_bytes"] > 0
+    for name, c in configs.items():
+        budget = None if name == "all" else int(name.split("@")[1])
+        assert c["kept_chunks"] == kept_at(budget, lengths), name
+        # saved activations scale with the kept chunks (a few bytes per micro-batch are not per chunk)
+        assert c["total_bytes"] == pytest.approx(everything["total_bytes"] * c["kept_chunks"] / 64, rel=1e-3), name
+        assert c["peak_bytes"] == c["total_bytes"], name  # micro-batch 64: one forward holds every kept chunk
+        assert c["limit"] == pytest.approx(1 - c["kept_chunks"] / 64), name
+        assert c["total_reduction"] == pytest.approx(c["limit"], abs=1e-3), name
+    assert result["reduction_at_b12"]["value"] == configs["pcm@12"]["total_reduction"]
+    assert result["reduction_at_b12"]["limit"] == 0.25
+
+
+def check_gradient_noise(result):
+    variants = result["variants"]
+    assert set(variants) == {"all", "pcm@4"}
+    assert variants["all"]["kept_fraction"] == 1.0 and variants["pcm@4"]["kept_fraction"] == 0.25  # 4 of 16 chunks
+    assert variants["all"]["mask_variance"] == 0.0 and variants["all"]["effective_batch_fraction"] == 1.0
+    assert variants["pcm@4"]["mask_variance"] > 0
+    for name, v in variants.items():  # effective fraction = batch / (batch + mask), signal-to-noise = signal2 / (batch + mask)
+        total = v["batch_variance"] + v["mask_variance"]
+        assert v["effective_batch_fraction"] == pytest.approx(v["batch_variance"] / total, rel=1e-12), name
+        assert v["signal_to_noise"] == pytest.approx(v["signal2"] / total, rel=1e-12), name
+        assert v["effective_batch_fraction"] <= 1.0, name  # (the 2-batch tiny estimate of batch_variance may dip below 0)
+
+
+def check_grad_update(result):
+    (size,) = result["sizes"].values()
+    lengths = result["batch"]["chunks_per_trajectory"]
+    for sample in size["samples"]:
+        config = sample["config"]
+        budget = None if config == "all" else int(config.split("@")[1])
+        assert sample["kept_chunks"] == kept_at(budget, lengths), config
+    for config, summary in size["summary"].items():
+        assert summary["total_s"]["n"] == 1, config  # one repeat in tiny mode
+
+
+def check_ablations(result):
+    budget, trajectories = result["settings"]["budget"], result["settings"]["groups"] * result["settings"]["group_size"]
+    resamples = result["settings"]["resamples"]
+    assert result["full_gradient_norm2"] > 0
+    variants = result["variants"]
+    for name, v in variants.items():
+        assert v["kept_chunks"] == budget * trajectories, name
+        assert sum(v["keep_probs"]) == pytest.approx(1.0, abs=1e-12), name
+        # mse = bias^2 + variance, the bias2 estimate having the mean's sampling noise variance / (R - 1) removed
+        assert v["mse_rel"] == pytest.approx(v["bias2_rel"] + v["variance_rel"] * resamples / (resamples - 1), rel=1e-9), name
+    assert variants["no concentration"]["keep_probs"] == pytest.approx([0.25] * 4, abs=1e-15)
+    assert variants["sampler topk"]["variance_rel"] == 0.0  # deterministic: every resample keeps the same chunks
+    assert variants["iw estimator"]["keep_probs"] == variants["pcm (default)"]["keep_probs"]  # same q, other weights
+
+
+VALUE_CHECKS = {
+    "activation_memory": check_activation_memory,
+    "gradient_noise": check_gradient_noise,
+    "grad_update": check_grad_update,
+    "ablations": check_ablations,
+}
+
+
 @pytest.mark.parametrize("name", list(EXPECTED_KEYS))
 def test_benchmark_tiny_writes_outputs(name, tmp_path):
     budget = ["--budgets", "3"] if name == "time_to_success" else []  # PCM's B, GRPO keeps everything
@@ -38,6 +110,7 @@ def test_benchmark_tiny_writes_outputs(name, tmp_path):
     for key in ("cpu", "cores", "torch"):
         assert key in result["machine"], key
     assert (tmp_path / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+    VALUE_CHECKS.get(name, lambda result: None)(result)
     if name == "ablations":  # every variant is also trained (one seed, one step in tiny mode)
         for variant, measured in result["variants"].items():
             (run,) = measured["training"]["runs"]

@@ -18,7 +18,6 @@ from pcm_core.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 PCM_RUN = str(Path(sys.executable).with_name("pcm-run"))
-QUICKSTART = ROOT / "configs" / "quickstart.yaml"
 
 
 def _skip_installed_backend(argv: list[str]) -> None:
@@ -86,6 +85,19 @@ CASES = [
     ("group-size-one", ["--set", "train.group_size=1"], ["'train.group_size' = 1", "greater than or equal to 2"]),
     ("steps-zero", ["--set", "train.steps=0"], ["'train.steps' = 0", "greater than 0"]),
     ("seed-negative", ["--set", "train.seed=-1"], ["'train.seed' = -1", "greater than or equal to 0"]),
+    ("adam-beta1-one", ["--set", "train.adam_betas=[1.0, 0.999]"], ["'train.adam_betas.0' = 1.0", "less than 1"]),
+    ("adam-beta2-negative", ["--set", "train.adam_betas=[0.9, -0.1]"], ["'train.adam_betas.1' = -0.1", "greater than or equal to 0"]),
+    ("adam-betas-one-value", ["--set", "train.adam_betas=[0.9]"], ["'train.adam_betas.1'", "Field required"]),
+    ("adam-betas-scalar", ["--set", "train.adam_betas=0.9"], ["'train.adam_betas' = 0.9", "valid tuple"]),
+    # distributed
+    ("distributed-key-typo", ["--set", "distributed.stratgy=ddp"], ["unknown key 'distributed.stratgy'", "did you mean 'strategy'?"]),
+    ("distributed-strategy", ["--set", "distributed.strategy=zero"], ["'distributed.strategy' = 'zero'", "'ddp' or 'fsdp'"]),
+    ("distributed-backend", ["--set", "distributed.backend=mpi"], ["'distributed.backend' = 'mpi'", "'auto', 'gloo' or 'nccl'"]),
+    ("rollout-workers-negative", ["--set", "distributed.rollout_workers=-1"],
+     ["'distributed.rollout_workers' = -1", "greater than or equal to 0"]),
+    ("rollout-workers-option-negative", ["--rollout-workers", "-1"], ["--rollout-workers", "greater than or equal to 0"]),
+    ("max-restarts-negative", ["--set", "distributed.max_restarts=-2"], ["'distributed.max_restarts' = -2", "greater than or equal to 0"]),
+    ("rollout-timeout-zero", ["--set", "distributed.rollout_timeout_s=0"], ["'distributed.rollout_timeout_s' = 0", "greater than 0"]),
     # config files
     ("config-missing", ["--config", "{tmp}/missing.yaml"], ["missing.yaml' does not exist", "--config"]),
     ("config-malformed", ["--config", "{tmp}/malformed.yaml"], ["malformed.yaml' is not valid YAML at line 3", "correct the YAML"]),
@@ -198,16 +210,42 @@ def test_dry_run_console_script_exit_zero():
     assert "config valid" in proc.stdout
 
 
-@pytest.mark.skipif(not QUICKSTART.is_file(), reason="configs/quickstart.yaml not written yet")
+def _components(config) -> dict[str, tuple[str, dict]]:
+    """kind -> (name, options) of every component ``config`` names, as ``resolve_components`` reads them."""
+    return {
+        "env": (config.env.name, config.env.options),
+        "policy": (config.policy.name, config.policy.options),
+        "segmenter": (config.pcm.segmenter, config.pcm.segmenter_options),
+        "proxy": (config.pcm.proxy, config.pcm.proxy_options),
+        "sampler": (config.pcm.sampler, config.pcm.sampler_options),
+    }
+
+
 @pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")))
 def test_shipped_configs_validate(name, capsys):
+    """Every shipped config validates; where a backend's extra is missing, everything else still
+    does (the run config, and the options of every installed component)."""
+    from pcm_core.config import load_config
+    from pcm_core.registry import get_registry
+
+    path = ROOT / "configs" / name
+    config = load_config(path)  # the run config itself needs no extra
+    missing = []
+    for kind, (component, options) in _components(config).items():
+        registration = get_registry().get(kind, component)  # registered even without its extra
+        if registration.missing_modules():
+            missing.append((kind, component))
+        else:
+            registration.cls.Options.model_validate(options)
     try:
-        main(["--dry-run", "--config", str(ROOT / "configs" / name)])
-    except SystemExit:
+        main(["--dry-run", "--config", str(path)])
+    except SystemExit as exc:
         err = capsys.readouterr().err
-        if 'pip install "pcm-vla[' in err:  # a backend config where its extra is not installed
-            pytest.skip(err.strip().splitlines()[0])
-        raise
+        assert missing and exc.code == 2, err
+        kind, component = missing[0]  # resolve_components reports the first one it meets
+        _check_stderr(err, [f"{kind} '{component}' is not installed", 'pip install "pcm-vla['])
+        pytest.skip(f"validated all but {', '.join(f'{k} {c}' for k, c in missing)}: {err.strip().splitlines()[0]}")
+    assert not missing
     assert "config valid" in capsys.readouterr().out
 
 
@@ -219,3 +257,16 @@ def test_dry_run_prints_loadable_yaml(capsys):
     printed = yaml.safe_load(capsys.readouterr().out.split("config valid")[0])
     assert printed["tracking"]["run_name"] == "[bold]x"
     assert printed["train"]["output_dir"] == long_dir
+
+
+def test_dry_run_rollout_workers_without_ray(capsys, monkeypatch):
+    """--dry-run finds a missing Ray for distributed.rollout_workers > 0 (it was found only when training started)."""
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: None if name == "ray" else find_spec(name, *args))
+    with pytest.raises(SystemExit) as info:
+        main(["--dry-run", "--rollout-workers", "2"])
+    captured = capsys.readouterr()
+    assert info.value.code == 2 and captured.out == ""
+    _check_stderr(captured.err, ["distributed.rollout_workers = 2 needs Ray", 'pip install "pcm-vla[distributed]"'])

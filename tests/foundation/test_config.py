@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import pydantic
 import pytest
 
 from pcm_core.config import RunConfig, load_config, parse_override
@@ -125,8 +126,11 @@ def test_empty_file_is_defaults(tmp_path):
 
 def test_sections_are_strict_on_assignment():
     config = RunConfig()
-    with pytest.raises(Exception):
+    with pytest.raises(pydantic.ValidationError, match=r"budget\n  Input should be greater than 0"):
         config.pcm.budget = 0
+    with pytest.raises(pydantic.ValidationError, match=r"budgt\n  Object has no attribute 'budgt'"):
+        config.pcm.budgt = 3
+    assert config.pcm.budget == 12 and config == RunConfig()  # a refused assignment changes nothing
 
 
 def test_clip_high_equal_to_clip_low_is_allowed():
@@ -134,7 +138,6 @@ def test_clip_high_equal_to_clip_low_is_allowed():
     assert config.train.clip_high == config.train.clip_low == 0.25
 
 
-@pytest.mark.skipif(not QUICKSTART.is_file(), reason="configs/quickstart.yaml not written yet")
 def test_quickstart_restates_the_defaults():
     assert load_config(QUICKSTART) == load_config()
 

@@ -1,18 +1,25 @@
-"""Driven by test_kill9.py: kill -9 a process at random points while it writes checkpoints in a
-loop, ``KILLS`` times; after each kill, ``latest`` must load as a complete checkpoint.
+"""Driven by test_kill9.py: a process that writes checkpoints in a loop is killed with SIGKILL at
+chosen points, once per number given; after each kill, what is on disk is reported.
 
-A forked child does the writing (so the parent pays for importing torch once); the parent does
-no torch work before forking, so the fork is safe. Prints one JSON line with what it saw.
+``python checkpoint_killer.py RUN_DIR K1,K2,...``: for each ``K``, a forked child resumes from
+what the last one left (as ``--resume`` would: ``latest``, else the newest ``step_*`` folder)
+and saves checkpoints forever; right before its ``K``-th ``os.fsync`` call it sends itself
+SIGKILL. Every fsync of a save is such a point (``checkpoint.save`` makes 8 per save), so the
+kills land at exact, repeatable steps of the write protocol instead of at random times.
+
+After each kill the parent checks that ``latest`` loads complete (with the content written for
+its step) and that every ``step_*`` folder verifies, and records the ``latest`` step, the
+``step_*`` folders and whether a temporary folder was left mid-write. Prints one JSON line.
+The parent does no torch work before the first fork.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import random
 import signal
 import sys
-import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -20,8 +27,18 @@ import torch
 from pcm_core import checkpoint
 
 
-def write_forever(run_dir: Path) -> None:
+def write_until_killed(run_dir: Path, kill_at: int) -> None:
     torch.set_num_threads(1)
+    fsync, calls = os.fsync, 0
+
+    def counted_fsync(fd: int) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        fsync(fd)
+
+    os.fsync = counted_fsync  # checkpoint calls os.fsync through the module: this child's saves hit it
     try:
         step = checkpoint.load(checkpoint.locate(str(run_dir), run_dir)).step + 1
     except checkpoint.CheckpointError:
@@ -33,30 +50,41 @@ def write_forever(run_dir: Path) -> None:
         step += 1
 
 
-def main(run_dir: Path, kills: int, seed: int) -> None:
-    rng = random.Random(seed)
-    mid_write, steps = 0, []
-    for _ in range(kills):
-        pid = os.fork()
-        if pid == 0:  # child
-            try:
-                write_forever(run_dir)
-            finally:
-                os._exit(1)
-        time.sleep(rng.uniform(0.05, 0.6))
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-        root = run_dir / "checkpoints"
-        mid_write += any(p.name.startswith((".tmp-", ".trash-")) for p in root.iterdir()) if root.is_dir() else 0
-        if not (root / "latest").exists():
-            steps.append(None)
-            continue
+def observe(run_dir: Path) -> dict:
+    root = run_dir / "checkpoints"
+    folders = checkpoint.list_checkpoints(root)
+    for folder in folders:
+        checkpoint.verify(folder)  # raises if a step_* folder is incomplete
+    latest = None
+    if (root / checkpoint.LATEST).exists():
         loaded = checkpoint.load(checkpoint.locate("latest", run_dir.parent))  # raises if incomplete
         assert loaded.state["history"] == [{"step": loaded.step}]
         assert float(loaded.tensors["policy"]["layer3"][0, 0]) == loaded.step + 3
-        steps.append(loaded.step)
-    print(json.dumps({"kills": kills, "left_mid_write": mid_write, "latest_steps": steps}))
+        latest = loaded.step
+    return {
+        "latest": latest,
+        "folders": [int(checkpoint.STEP_DIR.match(f.name).group(1)) for f in folders],
+        "mid_write": root.is_dir() and any(p.name.startswith((".tmp-", ".trash-")) for p in root.iterdir()),
+    }
+
+
+def main(run_dir: Path, kills: list[int]) -> None:
+    seen = []
+    for kill_at in kills:
+        pid = os.fork()
+        if pid == 0:  # child
+            try:
+                write_until_killed(run_dir, kill_at)
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                os._exit(1)
+        _, status = os.waitpid(pid, 0)
+        if not (os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL):
+            raise SystemExit(f"the writer for kill point {kill_at} ended without SIGKILL (status {status})")
+        seen.append({"kill_at": kill_at, **observe(run_dir)})
+    print(json.dumps(seen))
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]))
+    main(Path(sys.argv[1]), [int(k) for k in sys.argv[2].split(",")])

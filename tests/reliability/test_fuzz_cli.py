@@ -6,11 +6,12 @@ from __future__ import annotations
 import string
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+import yaml
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from pcm_core.cli import main
-from pcm_core.config import RunConfig
+from pcm_core.config import RunConfig, load_config
 
 SECTIONS = {"env": RunConfig.model_fields["env"].annotation, "policy": RunConfig.model_fields["policy"].annotation,
             "pcm": RunConfig.model_fields["pcm"].annotation, "train": RunConfig.model_fields["train"].annotation,
@@ -90,9 +91,19 @@ def test_bad_arguments_exit_2_in_two_lines(case, capsys):
     assert named in captured.err, captured.err
 
 
+DEFAULT_DUMP = yaml.safe_dump(load_config().model_dump(mode="json"), sort_keys=False).rstrip()
+
+
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(text=st.one_of(st.text(max_size=40), st.lists(st.integers(), max_size=4).map(str)))
+@example(text="")  # empty: no overrides
+@example(text="# only a comment\n")
+@example(text="{}")
+@example(text="[1, 2]")  # a list, not a mapping
+@example(text="a: [")  # not YAML
 def test_bad_yaml_files_exit_2(text, tmp_path_factory, capsys):
+    """Random text as a config file: exit 2 in at most two lines; or, when the text is no YAML
+    mapping at all (empty, a comment, ``{}``), the default config is valid and printed."""
     path = tmp_path_factory.mktemp("cfg") / "bad.yaml"
     path.write_text(text)
     try:
@@ -102,4 +113,8 @@ def test_bad_yaml_files_exit_2(text, tmp_path_factory, capsys):
         assert exc.code == 2, captured.err
         assert 1 <= len(captured.err.strip().splitlines()) <= 2 and "Traceback" not in captured.err
         return
-    capsys.readouterr()  # an empty or all-default file is a valid config
+    captured = capsys.readouterr()
+    assert yaml.safe_load(text) in (None, {}), text  # only a file that sets nothing is valid here
+    assert captured.err == ""
+    assert captured.out.startswith(DEFAULT_DUMP + "\n"), captured.out
+    assert captured.out.rstrip().splitlines()[-1].startswith("config valid: env=")

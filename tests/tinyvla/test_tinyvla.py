@@ -228,12 +228,17 @@ def test_explicit_option_overrides_preset() -> None:
     assert TinyVLAOptions().hidden_size == TinyVLAConfig().hidden_size
 
 
-def test_rollouts_act_only_on_running_envs(policy: TinyVLAPolicy) -> None:
+@pytest.mark.parametrize("alive", [[True, False, True, False], [False, True, True, False]])
+def test_rollouts_act_only_on_running_envs(policy: TinyVLAPolicy, alive: list[bool]) -> None:
+    """The running envs' rows are what the greedy policy gives them inside the full batch (each in
+    its own row); the finished envs' rows are zeros."""
     obs = make_obs()
-    alive = np.array([True, False, True, False])
-    out = act_on_alive(policy, obs, INSTRUCTIONS, alive, torch.Generator().manual_seed(0), greedy=True)
-    running = policy.act({k: v[[0, 2]] for k, v in obs.items()}, [INSTRUCTIONS[0], INSTRUCTIONS[2]], greedy=True)
-    assert torch.equal(out.tokens[[0, 2]], running.tokens)
-    assert torch.allclose(out.logprobs[[0, 2]], running.logprobs)
+    out = act_on_alive(policy, obs, INSTRUCTIONS, np.array(alive), torch.Generator().manual_seed(0), greedy=True)
+    full = policy.act(obs, INSTRUCTIONS, greedy=True)  # every env, no subsetting
+    rows, finished = [i for i, a in enumerate(alive) if a], [i for i, a in enumerate(alive) if not a]
+    assert torch.equal(out.tokens[rows], full.tokens[rows])
+    torch.testing.assert_close(out.logprobs[rows], full.logprobs[rows], rtol=0, atol=1e-5)
+    torch.testing.assert_close(out.actions[rows], full.actions[rows], rtol=0, atol=1e-5)
+    assert bool((out.logprobs[rows] < 0).all())  # real log-probabilities, not zero rows
     for value in (out.actions, out.tokens, out.logprobs, out.entropy):
-        assert value.shape[0] == 4 and not value[[1, 3]].any()  # finished envs: zero rows
+        assert value.shape[0] == 4 and not value[finished].any()  # finished envs: zero rows
