@@ -20,7 +20,7 @@ def scores(*values: float) -> PhaseScores:
 NO_SCORES = PhaseScores(total=torch.zeros(2, dtype=torch.float64), count=torch.zeros(2, dtype=torch.long))
 
 
-# ---------------------------------------------------------------- keep-probabilities (PCM.md step 3)
+# ------------------------------------------------ keep-probabilities (docs/algorithm.md, step 3)
 
 
 def test_q_after_two_online_updates():
