@@ -13,10 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from gradient_check import gradient, zero_weighted_full_batch
+
 from benchmarks.common import build_env, build_policy, collect_batch, config_for, make_learner
-from pcm_core.algo.grpo import group_advantages
-from pcm_core.algo.pcm import compact
-from pcm_core.types import Selection
 
 
 def _reliability_tiny() -> list[str]:
@@ -51,23 +50,6 @@ def setup():
     finally:
         torch.use_deterministic_algorithms(False)
         torch.set_num_threads(threads)
-
-
-def gradient(learner, compact_batch) -> torch.Tensor:
-    learner.optimizer.zero_grad(set_to_none=False)
-    learner.backward(compact_batch)
-    return torch.cat([p.grad.flatten() for p in learner.policy.module.parameters()]).clone()
-
-
-def zero_weighted_full_batch(batch, learner, result):
-    """Every real chunk of ``batch``, weighted as ``result`` weighs its kept chunks and 0 elsewhere."""
-    advantages = group_advantages(batch.rewards, batch.group_index)
-    every = Selection(keep=batch.chunk_mask.clone(), inclusion_prob=batch.chunk_mask.double())
-    full = compact(batch, every, advantages, "masked", learner.train.loss_aggregation)
-    weight = torch.zeros(batch.chunk_mask.shape, dtype=full.weights.dtype)
-    weight[result.batch.trajectory, result.batch.chunk] = result.batch.weights
-    full.weights = weight[full.trajectory, full.chunk]
-    return full
 
 
 def test_the_batch_has_the_expected_shape(setup):

@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from gradient_check import gradient, zero_weighted_full_batch
 
 from benchmarks.common import build_env, build_policy, collect_batch, config_for, make_learner
-from pcm_core.algo.grpo import group_advantages
-from pcm_core.algo.pcm import compact
 from pcm_core.profiling import StepTimer
-from pcm_core.types import Selection
 
 pytestmark = [
     pytest.mark.cuda,
@@ -35,12 +33,6 @@ def setup():
     return policy, batch
 
 
-def gradient(learner, compact_batch) -> torch.Tensor:
-    learner.optimizer.zero_grad(set_to_none=False)
-    learner.backward(compact_batch)
-    return torch.cat([p.grad.flatten() for p in learner.policy.module.parameters()]).clone()
-
-
 def test_rollout_batch_is_on_the_cpu(setup):
     _, batch = setup
     assert batch.tokens.device.type == "cpu" and batch.old_logprobs.device.type == "cpu"
@@ -52,12 +44,7 @@ def test_kept_chunks_alone_give_the_full_batch_gradient_with_zero_weights(setup)
     policy, batch = setup
     learner = make_learner(policy, config_for("pcm", 4, "1m", overrides=OVERRIDES))
     result = learner.select(batch)
-    advantages = group_advantages(batch.rewards, batch.group_index)
-    every = Selection(keep=batch.chunk_mask.clone(), inclusion_prob=batch.chunk_mask.double())
-    full = compact(batch, every, advantages, "masked", learner.train.loss_aggregation)
-    weight = torch.zeros(batch.chunk_mask.shape, dtype=full.weights.dtype)
-    weight[result.batch.trajectory, result.batch.chunk] = result.batch.weights
-    full.weights = weight[full.trajectory, full.chunk]
+    full = zero_weighted_full_batch(batch, learner, result)
     assert len(result.batch) == 16 < len(full) == 64
     kept_grad, full_grad = gradient(learner, result.batch), gradient(learner, full)
     assert kept_grad.abs().sum() > 0
