@@ -27,8 +27,10 @@ def cache_path(config: RunConfig) -> Path:
     """Folder of the cached warm start for this env, policy, SFT settings and seed.
 
     Env and policy enter with their validated options (defaults filled in), so an option written
-    out at its default value keeps the same warm start; where the envs run (``env.workers``) does
-    not change the demonstrations and is left out.
+    out at its default value keeps the same warm start; where the envs run (``env.workers``) is
+    left out: a deterministic expert gives the same demonstrations in worker processes. An expert
+    that draws random numbers (tabletop's ``expert_noise`` > 0) draws them from each worker's own
+    stream, so its demonstrations depend on ``env.workers`` while the key does not.
     """
     components = resolve_components(config, check_installed=False)
     sft = config.train.sft.model_dump(exclude={"cache_dir", "seed"})
