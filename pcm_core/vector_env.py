@@ -95,6 +95,7 @@ def _serve(
     methods = {
         "reset": lambda arg: env.reset(*arg),
         "step": env.step,
+        "step_chunk": env.step_chunk,
         "expert_actions": lambda arg: env.expert_actions(),
         "render": env.render,
     }
@@ -243,22 +244,39 @@ class SubprocessEnv(EnvBackend):
     def step(self, actions: np.ndarray) -> StepResult:
         """Step every worker whose envs are not lost; a worker that dies is restarted and its envs
         are reported ``done`` and ``lost`` (``[B]`` bool) until the next ``reset``."""
+        return self._run_steps("step", actions, 1)[0]
+
+    def step_chunk(self, actions: np.ndarray) -> list[StepResult]:
+        """The K actions ``[B, K, D]`` of a chunk as one command per worker: its env's own
+        ``step_chunk`` (which may skip rendering the observations no policy sees), one pipe round
+        trip instead of K. Lost envs as in :meth:`step`."""
+        return self._run_steps("step_chunk", actions, np.asarray(actions).shape[1])
+
+    def _run_steps(self, command: str, actions: np.ndarray, steps: int) -> list[StepResult]:
+        """``command`` (``step`` or ``step_chunk``) on every worker still running: ``steps`` results."""
         actions = np.asarray(actions)
         if actions.shape[0] != self.num_envs:
             raise ValueError(f"actions must have {self.num_envs} rows, got {list(actions.shape)}")
         active = [w for w in self._workers if w.index not in self._finished]
-        answers = self._scatter("step", {w.index: actions[w.envs] for w in active}, completes_step=True)
-        results = []
+        answers = self._scatter(command, {w.index: actions[w.envs] for w in active}, completes_step=True)
+        per_worker = []  # [workers][steps]
         for worker in self._workers:
             if worker.index in self._finished:
-                results.append(self._finished[worker.index])
-            elif self._lost[worker.envs].any():  # died in this call (or in expert_actions/render before it)
-                self._finished[worker.index] = _as_lost(answers[worker.index])
-                results.append(self._finished[worker.index])
-            else:
-                results.append(answers[worker.index])
+                per_worker.append([self._finished[worker.index]] * steps)
+                continue
+            results = answers[worker.index] if command == "step_chunk" else [answers[worker.index]]
+            if self._lost[worker.envs].any():  # died in this call (or in expert_actions/render before it)
+                results = [_as_lost(result) for result in results]
+                self._finished[worker.index] = results[-1]
+            per_worker.append(results)
+        return [self._merge([results[k] for results in per_worker]) for k in range(steps)]
+
+    def _merge(self, results: list[StepResult]) -> StepResult:
+        """One :class:`StepResult` ``[B]`` from the workers' ``results``, in batch order. ``obs``
+        keeps the keys every worker reported (an unrendered step of ``step_chunk`` has none)."""
+        keys = [key for key in results[0].obs if all(key in r.obs for r in results)]
         return StepResult(
-            obs={key: np.concatenate([r.obs[key] for r in results]) for key in results[0].obs},
+            obs={key: np.concatenate([r.obs[key] for r in results]) for key in keys},
             success=np.concatenate([r.success for r in results]),
             done=np.concatenate([r.done for r in results]),
             info={key: np.concatenate([r.info[key] for r in results]) for key in results[0].info},
@@ -395,7 +413,11 @@ class SubprocessEnv(EnvBackend):
         if errors:
             raise errors[0]
         for worker, reason in dead:
-            answers[worker.index] = self._revive(worker, reason, command, arguments[worker.index])
+            if command == "step_chunk":  # its envs are lost anyway: replay one step, not the chunk's K
+                chunk = arguments[worker.index]  # [b, K, D]
+                answers[worker.index] = [self._revive(worker, reason, "step", chunk[:, 0])] * chunk.shape[1]
+            else:
+                answers[worker.index] = self._revive(worker, reason, command, arguments[worker.index])
             if command != "reset":
                 self._lost[worker.envs] = True
         return answers

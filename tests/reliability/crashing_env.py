@@ -41,7 +41,7 @@ class CrashingEnv(TabletopEnv):
         self.doomed = self.options.crash_init_state in [int(s) for s in init_states]
         return super().reset(task_ids, init_states)
 
-    def step(self, actions: np.ndarray) -> StepResult:
+    def _advance(self, actions: np.ndarray, observe: bool) -> StepResult:  # under step and step_chunk
         if self.doomed and int(self.steps.max()) + 1 == self.options.crash_at_step:
             time.sleep(3600) if self.options.hang else segfault()
-        return super().step(actions)
+        return super()._advance(actions, observe)

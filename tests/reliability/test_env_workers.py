@@ -127,7 +127,7 @@ def test_worker_killed_by_pid_mid_rollout(workers, caplog):
 
     assert env.restarts == 1
     assert [r.getMessage() for r in caplog.records] == [
-        "env worker 1 (env 'tabletop', envs 2..3) was killed by SIGKILL while running step; "
+        "env worker 1 (env 'tabletop', envs 2..3) was killed by SIGKILL while running step_chunk; "
         "restarting it, its envs' episodes are lost"
     ]
     assert batch.dropped == 2 and batch.group_index.tolist() == [0, 0, 1, 1]

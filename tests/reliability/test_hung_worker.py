@@ -24,7 +24,7 @@ def test_hung_worker_is_killed_after_the_timeout_and_restarted(caplog):
         assert env.restarts == 2
         assert env.worker_pids[0] == before[0] and env.worker_pids[1] != before[1] and env.worker_pids[2] != before[2]
         messages = [r.getMessage() for r in caplog.records]
-        assert sum("gave no answer for 2 s (killed) while running step" in m for m in messages) == 2, messages
+        assert sum("gave no answer for 2 s (killed) while running step_chunk" in m for m in messages) == 2, messages
         assert batch.dropped == 4 and batch.group_index.tolist() == [0, 0]  # group 0 keeps its two on worker 0
     finally:
         env.close()
