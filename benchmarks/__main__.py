@@ -10,6 +10,8 @@ from pathlib import Path
 from benchmarks import BACKEND_BENCHMARKS, BENCHMARKS
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
+"""Where full runs write; ``--quick`` runs write to its ``quick/`` folder (git ignores it), so
+they never overwrite the committed results."""
 
 
 def parser() -> argparse.ArgumentParser:
@@ -18,7 +20,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="small settings: under 5 minutes on 2 cores, except "
                    "distributed_scaling (~8 min) and libero_env_throughput (456 s), per benchmarks/README.md")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for <name>.json/.md/.png")
+    p.add_argument("--out", type=Path, help="folder for <name>.json/.md/.png (default benchmarks/results/, "
+                   "with --quick benchmarks/results/quick/)")
     p.add_argument("--sizes", help="comma-separated tinyvla sizes (1m,25m,100m,1b) instead of the defaults")
     p.add_argument("--groups", type=int, help="grad_update, activation_memory, gradient_noise: groups in the batch "
                    "(default 2; gradient_noise 8 or the config's)")
@@ -43,16 +46,24 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def output_folder(args: argparse.Namespace) -> Path:
+    """``--out``, else ``DEFAULT_OUT`` for a full run and its ``quick/`` folder for a quick one."""
+    if args.out is not None:
+        return args.out
+    return DEFAULT_OUT / "quick" if args.quick or args.tiny else DEFAULT_OUT
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     import torch
 
     torch.set_num_threads(args.threads)
+    out = output_folder(args)
     names = BENCHMARKS if args.name == "all" else (args.name,)
     for name in names:
         module = importlib.import_module(f"benchmarks.{name}")
-        module.run(args.quick, args.device, args.out, args)
-        print(f"wrote {args.out / name}.json/.md/.png")
+        module.run(args.quick, args.device, out, args)
+        print(f"wrote {out / name}.json/.md/.png")
     return 0
 
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import statistics
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from rich.console import Console
@@ -183,17 +184,38 @@ def masked_gradient(
     return selected, batch_gradient(learner, selected.batch)
 
 
+def json_safe(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by None (JSON has no inf or NaN: a time to
+    a target never reached is written as null)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(item) for item in value]
+    return value
+
+
 def write_outputs(out: Path, name: str, payload: dict[str, Any], markdown: str, figure) -> list[Path]:
-    """``<name>.json``, ``<name>.md`` and ``<name>.png`` into ``out``."""
+    """``<name>.json``, ``<name>.md`` and ``<name>.png`` into ``out``, each written to a temporary
+    file first and renamed into place, so an interrupted run never leaves a truncated result."""
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"{name}.json", out / f"{name}.md", out / f"{name}.png"]
-    paths[0].write_text(json.dumps(payload, indent=2, default=float) + "\n")
-    paths[1].write_text(markdown.rstrip() + "\n")
-    figure.savefig(paths[2], dpi=110, bbox_inches="tight")
+    text = json.dumps(json_safe(json.loads(json.dumps(payload, default=float))), indent=2, allow_nan=False)
+    _replace(paths[0], lambda temp: temp.write_text(text + "\n"))
+    _replace(paths[1], lambda temp: temp.write_text(markdown.rstrip() + "\n"))
+    _replace(paths[2], lambda temp: figure.savefig(temp, dpi=110, bbox_inches="tight", format="png"))
     import matplotlib.pyplot as plt
 
     plt.close(figure)
     return paths
+
+
+def _replace(path: Path, write: Callable[[Path], Any]) -> None:
+    """``write`` a hidden temporary sibling of ``path``, then rename it to ``path``."""
+    temp = path.with_name(f".{path.name}.tmp")
+    write(temp)
+    os.replace(temp, path)
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

@@ -243,3 +243,28 @@ def test_speedup_to_target_counts_seeds_that_never_reach_the_target():
     assert one_of_three["speedup_to_target"] == 0.0  # the median PCM seed never got there
     two_of_three = summarize([*grpo, run("pcm", 1, 0.6), run("pcm", 1, 0.6), run("pcm", None, 0.3)], s)
     assert two_of_three["speedup_to_target"] == pytest.approx(2.0)  # median 50 s against 100 s
+
+
+def test_quick_runs_never_write_over_the_committed_results(tmp_path):
+    from benchmarks.__main__ import DEFAULT_OUT, output_folder, parser
+
+    assert output_folder(parser().parse_args(["grad_update"])) == DEFAULT_OUT
+    assert output_folder(parser().parse_args(["grad_update", "--quick"])) == DEFAULT_OUT / "quick"
+    assert output_folder(parser().parse_args(["grad_update", "--quick", "--out", str(tmp_path)])) == tmp_path
+
+
+def test_results_hold_no_value_json_cannot_read(tmp_path):
+    import json
+    import math
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from benchmarks.common import write_outputs
+
+    payload = {"speedup": math.nan, "times": [1.5, math.inf], "nested": {"t": -math.inf}}
+    write_outputs(tmp_path, "case", payload, "| a |", plt.figure())
+    assert json.loads((tmp_path / "case.json").read_text()) == {"speedup": None, "times": [1.5, None], "nested": {"t": None}}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["case.json", "case.md", "case.png"]  # no temporary left
