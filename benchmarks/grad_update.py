@@ -3,9 +3,10 @@ batch, the ``all`` sampler (GRPO) against ``pcm`` at budgets B, per model size, 
 
 Every configuration is a :class:`~pcm_core.learner.Learner` around the *same* policy module and the
 *same* AdamW instance (so optimizer state and work are identical), fed the *same* rollout batch;
-only the sampler (and so the kept-chunk count) differs. The order of configurations is shuffled
-in every repeat. Speedup at B = median(all) / median(pcm at B); its min/max are over the per-repeat
-ratios of the same repeat (paired, interleaved measurements).
+only the sampler (and so the kept-chunk count) differs. Each configuration runs one untimed update
+first; the order of configurations is shuffled in every repeat. Speedup at B = median(all) /
+median(pcm at B); its min, max and ``paired_median`` are over the per-repeat ratios of the same
+repeat (paired, interleaved measurements).
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ def settings(quick: bool, args: argparse.Namespace | None = None) -> dict[str, A
     return s
 
 
-def _update(learner, batch, device) -> dict[str, float]:
+def _update(learner, batch) -> dict[str, float]:
     timer = StepTimer()
     metrics = learner.update(batch, timer)
     sample = {name: timer.seconds.get(name, 0.0) for name in SECTIONS}
@@ -85,7 +86,8 @@ def measure_size(size: str, batch, s: dict[str, Any], device: torch.device, log)
     optimizer = learners["all"].optimizer  # one AdamW for every configuration: identical optimizer work
     for learner in learners.values():
         learner.optimizer = optimizer
-    _update(learners[f"pcm@{min(budgets)}"], batch, device)  # allocate AdamW state, warm the allocator
+    for name in names:  # untimed: AdamW state, the allocator and each batch shape's kernels warm up
+        _update(learners[name], batch)
     rng = random.Random(s["seed"])
     samples: list[dict[str, Any]] = []
     for repeat in range(s["repeats"][size]):
@@ -93,7 +95,7 @@ def measure_size(size: str, batch, s: dict[str, Any], device: torch.device, log)
         rng.shuffle(order)
         for name in order:
             gc.collect()
-            sample = _update(learners[name], batch, device)
+            sample = _update(learners[name], batch)
             sample.update(repeat=repeat, config=name)
             samples.append(sample)
             log(f"  {size} r{repeat} {name:7s} {sample['total']:.3f}s (fb {sample['forward_backward']:.3f}s, "
@@ -111,21 +113,16 @@ def summarise(samples: list[dict[str, Any]], names: list[str], budgets: list[int
             "kept_chunks": rows[0]["kept_chunks"],
             "total_s": stats([x["total"] for x in rows]),
             **{f"{sec}_s": stats([x[sec] for x in rows]) for sec in SECTIONS},
-            "total_per_chunk_s": stats([x["total"] / max(x["kept_chunks"], 1) for x in rows]),
         }
         if name != "all":
             paired = [a["total"] / p["total"] for a in by["all"] for p in rows if a["repeat"] == p["repeat"]]
             fb_all = stats([x["forward_backward"] for x in by["all"]])["median"]
-            fb = entry["forward_backward_s"]["median"]
-            fixed_all = all_total["median"] - fb_all
-            fixed = entry["total_s"]["median"] - fb
             entry.update(
-                speedup={**stats(paired), "median": all_total["median"] / entry["total_s"]["median"]},
+                # median: the ratio of the medians; min, max and paired_median: the per-repeat ratios
+                speedup={**stats(paired), "paired_median": stats(paired)["median"],
+                         "median": all_total["median"] / entry["total_s"]["median"]},
                 limit=by["all"][0]["kept_chunks"] / max(rows[0]["kept_chunks"], 1),
-                forward_backward_speedup=fb_all / fb,
-                # what the total would give if the non-forward/backward part scaled like the chunks
-                fixed_s_all=fixed_all,
-                fixed_s=fixed,
+                forward_backward_speedup=fb_all / entry["forward_backward_s"]["median"],
             )
         summary[name] = entry
     return summary
