@@ -159,7 +159,8 @@ def run(quick: bool, device: str, out: Path, args: argparse.Namespace | None = N
             "keep_probs": q,
             "kept_chunks": int(selected.selection.keep.sum()),
             "mse_rel": float((stack - g).pow(2).sum(1).mean()) / g_norm2,
-            "variance_rel": float((stack - mean).pow(2).sum(1).mean()) / g_norm2,
+            # unbiased tr(Cov) over the R masks, so that mse = bias^2 + variance
+            "variance_rel": float((stack - mean).pow(2).sum(1).sum()) / max(len(grads) - 1, 1) / g_norm2,
             # E||mean - g||^2 = bias^2 + tr(Cov) / R: remove the sampling noise of the mean (unbiased)
             "bias2_rel": (float((mean - g).pow(2).sum()) - float((stack - mean).pow(2).sum(1).sum()) / max(len(grads) - 1, 1)
                           / len(grads)) / g_norm2,
