@@ -14,6 +14,13 @@ batch ``b`` and ``g_b`` its mean over the masks:
   signal, as a full GRPO update on this fraction of the trajectories. Equal to the kept chunk
   fraction when the chunks of a trajectory carry independent information (nothing to save by
   dropping them); near 1 when they are redundant (dropping them is free);
+- GRPO-relative fraction ``f_grpo = Var(GRPO's update) / Var(the variant's update)``, both totals
+  (batch + mask): the same comparison in GRPO's units. ``f`` measures each variant against its own
+  batch variance, so a weighting that concentrates on fewer chunks (PCM's phases), whose expected
+  update averages fewer chunks and varies more from batch to batch, looks better there than it
+  is; ``f_grpo`` counts that too, and is the fair one when both updates carry signals of the
+  same size (the masked estimator's weights keep the scale: a weighted mean of the same
+  per-token gradients), which ``K`` = 8 batches cannot check: their signal estimates are noise;
 - signal to noise ``||E g||^2 / Var(g)``, with ``||E g||^2`` estimated without bias from ``K`` means.
 
 With Adam, whose step is normalised by the gradient's noise, the per-step progress of a
@@ -146,6 +153,7 @@ def run(quick: bool, device: str, out: Path, args: argparse.Namespace | None = N
                          **noise_split(torch.stack(per_batch))}
         log(f"  {name:12s} kept {results[name]['kept_fraction']:.3f} effective "
             f"{results[name]['effective_batch_fraction']:.3f} snr {results[name]['signal_to_noise']:.3f}")
+    add_grpo_fractions(results)
     result = {
         "benchmark": "gradient_noise", "machine": machine(), "device": str(dev), "settings": s, "warm_start": warm,
         "batches": notes, "variants": results,
@@ -154,6 +162,14 @@ def run(quick: bool, device: str, out: Path, args: argparse.Namespace | None = N
     }
     write_outputs(out, "gradient_noise", result, markdown(result), figure(result))
     return result
+
+
+def add_grpo_fractions(variants: dict[str, dict[str, Any]]) -> None:
+    """Set ``grpo_fraction`` of every variant: GRPO's total update variance over the variant's."""
+    grpo = variants["all"]["batch_variance"] + variants["all"]["mask_variance"]
+    for v in variants.values():
+        total = v["batch_variance"] + v["mask_variance"]
+        v["grpo_fraction"] = grpo / total if total > 0 else 1.0
 
 
 def steps_ratio(effective_batch_fraction: float) -> float:
@@ -169,7 +185,8 @@ def steps_ratio(effective_batch_fraction: float) -> float:
 def markdown(result: dict[str, Any]) -> str:
     s, m = result["settings"], result["machine"]
     rows = [[name, f"{v['kept_fraction']:.3f}", f"{v['mask_variance'] / v['batch_variance']:.2f}" if v["batch_variance"] > 0
-             else "n/a", f"{v['effective_batch_fraction']:.3f}", f"{steps_ratio(v['effective_batch_fraction']):.2f}"]
+             else "n/a", f"{v['effective_batch_fraction']:.3f}", f"{steps_ratio(v['effective_batch_fraction']):.2f}",
+             f"{v['grpo_fraction']:.3f}", f"{steps_ratio(v['grpo_fraction']):.2f}"]
             for name, v in result["variants"].items()]
     return "\n".join([
         "# gradient_noise: the rollout batch's noise and PCM's mask noise",
@@ -179,15 +196,17 @@ def markdown(result: dict[str, Any]) -> str:
         f"batch and variant; {s['history_batches']} history batch(es) folded into q; warm start: "
         f"{result['warm_start'] or 'none (random init, relabelled outcomes)'}.",
         "",
-        table(["variant", "kept chunk fraction", "mask / batch variance", "effective batch fraction",
-               "steps vs GRPO (Adam, noise-dominated)"], rows),
+        table(["variant", "kept chunk fraction", "mask / batch variance", "effective batch fraction f",
+               "steps vs GRPO, 1 / sqrt(f)", "GRPO-relative fraction f_grpo", "steps vs GRPO, 1 / sqrt(f_grpo)"], rows),
         "",
-        "Effective batch fraction f = batch / (batch + mask) variance: a full GRPO update on this share of the "
-        "trajectories would be as noisy. f equal to the kept fraction: the chunks of a trajectory carry independent "
-        "information; f near 1: dropping them is free. Steps vs GRPO = 1 / sqrt(f), the RL steps an update this noisy "
-        "needs per GRPO step when the noise dominates the gradient, as it does here: GRPO's own update has a signal to "
-        f"noise ||E g||^2 / Var(g) of {result['variants']['all']['signal_to_noise']:.3f}. With a signal-dominated "
-        "gradient (far larger batches) the ratio tends to 1.",
+        "Effective batch fraction f = batch / (batch + mask) variance, the variant's own units: a full GRPO update on "
+        "this share of the trajectories would be as noisy. f equal to the kept fraction: the chunks of a trajectory "
+        "carry independent information; f near 1: dropping them is free. f_grpo = GRPO's total update variance over "
+        "the variant's: it also counts the larger batch-to-batch variance of a weighting that concentrates on fewer "
+        "chunks, which f leaves out, and assumes both updates carry signals of the same size. Steps vs GRPO = 1 / sqrt(fraction), the RL steps "
+        "an update this noisy needs per GRPO step when the noise dominates the gradient, as it does here: GRPO's own "
+        f"update has a signal to noise ||E g||^2 / Var(g) of {result['variants']['all']['signal_to_noise']:.3f}. With "
+        "a signal-dominated gradient (far larger batches) the ratio tends to 1.",
     ])
 
 
@@ -196,10 +215,12 @@ def figure(result: dict[str, Any]):
     names = list(result["variants"])
     kept = [result["variants"][n]["kept_fraction"] for n in names]
     effective = [result["variants"][n]["effective_batch_fraction"] for n in names]
+    grpo = [result["variants"][n]["grpo_fraction"] for n in names]
     fig, ax = plt.subplots(figsize=(8, 4))
     x = range(len(names))
-    ax.bar([i - 0.2 for i in x], kept, width=0.4, label="kept chunk fraction")
-    ax.bar([i + 0.2 for i in x], effective, width=0.4, label="effective batch fraction")
+    ax.bar([i - 0.27 for i in x], kept, width=0.27, label="kept chunk fraction")
+    ax.bar(list(x), effective, width=0.27, label="effective batch fraction f (own units)")
+    ax.bar([i + 0.27 for i in x], grpo, width=0.27, label="f_grpo (GRPO's units)")
     ax.set_xticks(list(x), names)
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("fraction")

@@ -61,6 +61,9 @@ def check_gradient_noise(result):
         assert v["effective_batch_fraction"] == pytest.approx(v["batch_variance"] / total, rel=1e-12), name
         assert v["signal_to_noise"] == pytest.approx(v["signal2"] / total, rel=1e-12), name
         assert v["effective_batch_fraction"] <= 1.0, name  # (the 2-batch tiny estimate of batch_variance may dip below 0)
+        grpo_total = variants["all"]["batch_variance"] + variants["all"]["mask_variance"]
+        assert v["grpo_fraction"] == pytest.approx(grpo_total / total, rel=1e-12), name  # GRPO's variance over this one's
+    assert variants["all"]["grpo_fraction"] == 1.0
 
 
 def check_grad_update(result):
