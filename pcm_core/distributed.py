@@ -127,6 +127,13 @@ def full_tensors(saved: Checkpoint, context: Context) -> Checkpoint:
     return saved
 
 
+def after_state_dict(learner: Learner) -> None:
+    """Under FSDP: gather the full weights again after a ``state_dict()`` call (a checkpoint, a
+    weight publish), which reshards them, so the next rollout can call the policy."""
+    if isinstance(learner, DistributedLearner) and learner.strategy == "fsdp":
+        learner.unshard_all()
+
+
 def before_restore(saved: Checkpoint, learner: Learner) -> None:
     """Under FSDP: lay the checkpoint's full policy and optimizer tensors out like the learner's
     sharded parameters (``DTensor``), so that ``load_state_dict`` takes them."""
@@ -174,6 +181,7 @@ def release(learner: Learner) -> None:
     calls this; shared parameters stay shared."""
     if not isinstance(learner, DistributedLearner) or learner.strategy != "fsdp":
         return
+    learner.reshard_all()  # the parameters as FSDP's DTensors, whatever the last call left
     plain: dict[int, nn.Parameter] = {}
     for module in learner.wrapper.policy_module.modules():
         for name, param in list(module._parameters.items()):
@@ -470,6 +478,11 @@ class DistributedLearner(Learner):
             self.wrapper.set_requires_gradient_sync(sync)  # type: ignore[operator]
             return contextlib.nullcontext()
         return contextlib.nullcontext() if sync else self.wrapper.no_sync()  # type: ignore[operator]
+
+    def _update_is_finite(self, loss: float, grad_norm: Any) -> bool:
+        """Finite on every rank: one rank's NaN loss skips the step everywhere, so the replicas
+        stay equal and every rank counts the same skips."""
+        return not any_rank(not super()._update_is_finite(loss, grad_norm), self.context)
 
     def update(self, batch: RolloutBatch, timer: Any) -> dict[str, float]:
         metrics = super().update(batch, timer)

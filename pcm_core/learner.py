@@ -139,7 +139,7 @@ class Learner:
             with timer.section("optimizer", device):
                 self._set_learning_rate()
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.module.parameters(), self.train.max_grad_norm)
-                if math.isfinite(losses["loss"]) and bool(torch.isfinite(grad_norm)):
+                if self._update_is_finite(losses["loss"], grad_norm):
                     self.optimizer.step()
                     self.consecutive_skips = 0
                 else:  # NaN/inf guard: these gradients never reach the weights or Adam's moments
@@ -148,6 +148,10 @@ class Learner:
                 self.optimizer.zero_grad(set_to_none=True)
         self.policy.module.eval()
         return self._metrics(batch, result, losses, float(grad_norm), device)
+
+    def _update_is_finite(self, loss: float, grad_norm: torch.Tensor) -> bool:
+        """Whether this update may reach the weights: a finite loss and gradient norm."""
+        return math.isfinite(loss) and bool(torch.isfinite(grad_norm))
 
     def _set_learning_rate(self) -> None:
         """``lr * min(1, (u + 1) / warmup_steps)`` for the ``u``-th applied update (counted by the

@@ -318,11 +318,12 @@ def train(
 
         def save(step: int) -> Path:
             saved = distributed.full_tensors(capture(step, config, learner, env, rng, generator, result.history, tracker.run_id), context)
+            distributed.after_state_dict(learner)
             if not context.is_main:  # rank 0 writes the checkpoint
                 return run_dir / checkpoint.CHECKPOINTS / f"step_{step:06d}"
             return checkpoint.save(run_dir, saved, keep=config.train.keep_checkpoints)
 
-        step = first_step - 1
+        step, stopping = first_step - 1, None
         with StopRequests() as stop, _progress(console) as progress:
             bar = progress.add_task(
                 "train", total=config.train.steps, completed=step, success=0.0,
@@ -337,6 +338,7 @@ def train(
                 metrics["faults/dropped_trajectories"] = float(last_batch.dropped)
                 if rollouts is not None:  # the new weights go to the rollout actors
                     metrics.update(rollouts.publish(policy))
+                    distributed.after_state_dict(learner)
                 metrics.update(timer.metrics())
                 metrics["time/step_s"] = sum(timer.seconds.values())
                 every = config.train.eval_every
@@ -355,17 +357,18 @@ def train(
                         f"stopped at step {step}, last good weights in {path}.\n"
                         f"Fix: lower train.lr or train.max_grad_norm, then: pcm-run --resume {path}"
                     )
-                stop.signal = distributed.shared_stop(stop.signal, context)
+                # read once: a signal arriving after this point waits for the next step, on every rank alike
+                stopping = distributed.shared_stop(stop.signal, context)
                 every = config.train.checkpoint_every
-                if stop.signal is not None or (every and step % every == 0) or step == config.train.steps:
+                if stopping is not None or (every and step % every == 0) or step == config.train.steps:
                     path = save(step)
-                if stop.signal is not None and step < config.train.steps:
+                if stopping is not None and step < config.train.steps:
                     break
-        if stop.signal is not None and step < config.train.steps:
+        if stopping is not None and step < config.train.steps:
             result.stopped = True
             hooks.pcm_on_run_end(summary={"run_dir": str(run_dir), "history": result.history, "stopped": True})
             tracker.end(status="KILLED")
-            console.print(f"stopped by {stop.signal} after step {step}; checkpoint: {path}", soft_wrap=True)
+            console.print(f"stopped by {stopping} after step {step}; checkpoint: {path}", soft_wrap=True)
             console.print(f"resume with: pcm-run --resume {path}", soft_wrap=True, markup=False, highlight=False)
             return result
         distributed.release(learner)
