@@ -63,6 +63,30 @@ def run_rank(rank: int, world_size: int, sampler: str, strategy: str, folder: st
     dist.destroy_process_group()
 
 
+def run_rank_with_a_nan(rank: int, world_size: int, folder: str) -> None:
+    """Like :func:`run_rank` (DDP, pcm), but rank 1's first update reports a NaN loss."""
+    import torch.distributed as dist
+
+    from pcm_core.distributed import Context, DistributedLearner, group_shard
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=world_size)
+    learner = DistributedLearner(TinyBackend(), *parts("pcm"), Context(rank, world_size, rank, active=True), "ddp")
+    if rank == 1:
+        backward, calls = learner.backward, []
+
+        def nan_at_first(batch):
+            totals = backward(batch)
+            calls.append(1)
+            return {**totals, "loss": float("nan")} if len(calls) == 1 else totals
+
+        learner.backward = nan_at_first
+    result = train_steps(learner, lambda b: b.select_trajectories(group_shard(b.group_index, rank, world_size)))
+    result["skipped"] = learner.skipped_updates
+    torch.save(result, f"{folder}/rank_{rank}.pt")
+    dist.destroy_process_group()
+
+
 def run_single(sampler: str) -> dict:
     """The plain one-process learner on the whole global batch."""
     from pcm_core.learner import Learner

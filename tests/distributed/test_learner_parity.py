@@ -47,3 +47,10 @@ def test_all_sampler_matches_the_plain_learner(tmp_path):
     first, second = _spawn(tmp_path, 2, "all", "ddp")
     _assert_same(first, plain)
     _assert_same(second, plain)
+
+
+def test_a_nan_on_one_rank_skips_the_update_on_every_rank(tmp_path):
+    mp.spawn(parity_worker.run_rank_with_a_nan, args=(2, str(tmp_path)), nprocs=2, join=True)
+    first, second = (torch.load(tmp_path / f"rank_{r}.pt") for r in range(2))
+    assert first["skipped"] == second["skipped"] == 1  # rank 0's own loss was finite
+    assert torch.equal(first["params"], second["params"])  # the replicas stayed equal
