@@ -5,6 +5,7 @@ Every user error ends with exit code 2 and at most two lines on stderr (problem,
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -53,6 +54,7 @@ def run(
     if ctx.invoked_subcommand is not None:
         return
     from pcm_core.config import load_config, resolve_components
+    from pcm_core.distributed import check_ranks
     from pcm_core.ray_rollouts import require_ray
 
     if rollout_workers is not None:
@@ -67,6 +69,7 @@ def run(
         assert saved.path is not None
         resolved_config = load_config(saved.path / checkpoint.CONFIG, overrides, env=env, policy=policy)
     components = resolve_components(resolved_config)
+    check_ranks(resolved_config, nproc if nproc > 1 else int(os.environ.get("WORLD_SIZE", "1")))
     require_ray(resolved_config.distributed.rollout_workers)  # here, not after the warm start
     if dry_run:
         text = yaml.safe_dump(resolved_config.model_dump(mode="json"), sort_keys=False).rstrip()

@@ -150,6 +150,10 @@ class DistributedConfig(Section):
     rollout_workers: int = Field(0, ge=0, description="Ray rollout actors (0: rollouts in the training process)")
     max_restarts: int = Field(3, ge=0, description="times Ray restarts a lost rollout actor")
     rollout_timeout_s: float = Field(600.0, gt=0.0, description="a rollout step waits this long for its actors")
+    timeout_s: float = Field(
+        3600.0, gt=0.0, description="torchrun ranks wait this long in one collective, e.g. while rank 0 alone runs the "
+        "SFT warm start (NCCL's own default is 10 minutes)"
+    )
 
 
 class RunConfig(Section):

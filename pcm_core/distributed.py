@@ -20,6 +20,7 @@ Nothing here is imported unless a run is launched by torchrun (or a test builds 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import math
 import os
 from dataclasses import dataclass
@@ -85,7 +86,7 @@ def setup(config: DistributedConfig, device: torch.device) -> tuple[Context, tor
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group(backend)
+        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=config.timeout_s))
     return Context(dist.get_rank(), dist.get_world_size(), local_rank, active=True), device
 
 
@@ -97,17 +98,33 @@ def shutdown(context: Context) -> None:
         dist.destroy_process_group()
 
 
+def check_ranks(config: RunConfig, world: int) -> None:
+    """Refuse a run whose step cannot be split over ``world`` ranks: every rank trains on whole
+    groups, and every rollout actor of a rank runs whole groups of that rank's share. The CLI checks
+    this before it starts torchrun, so the error comes once, not from every rank."""
+    groups, workers = config.train.tasks_per_step, config.distributed.rollout_workers
+    ranks = f"{world} rank{'s' if world > 1 else ''}"
+    if groups < world:
+        raise DistributedError(
+            f"train.tasks_per_step = {groups} is below the {ranks} (--nproc {world}), and each rank trains on whole groups.\n"
+            f"Fix: --set train.tasks_per_step={world} (or more), or --nproc {groups}"
+        )
+    smallest = groups // world  # groups of the smallest share
+    if workers > smallest:
+        raise DistributedError(
+            f"distributed.rollout_workers = {workers} is more than the {smallest} groups a rank gets "
+            f"(train.tasks_per_step = {groups} over {ranks}), and each actor runs whole groups.\n"
+            f"Fix: --set distributed.rollout_workers={smallest} or fewer, or --set train.tasks_per_step={workers * world}"
+        )
+
+
 def local_config(config: RunConfig, context: Context) -> RunConfig:
     """This rank's view of the run: its share of ``tasks_per_step`` groups, its own rollout seed,
     tracking on rank 0 only. The learner keeps the global config (same seed on every rank)."""
     if not context.active:
         return config
     groups, world, rank = config.train.tasks_per_step, context.world_size, context.rank
-    if groups < world:
-        raise DistributedError(
-            f"train.tasks_per_step = {groups} is below the {world} ranks, and each rank trains on whole groups.\n"
-            f"Fix: --set train.tasks_per_step={world} (or more), or launch fewer ranks"
-        )
+    check_ranks(config, world)
     share = groups // world + int(rank < groups % world)
     train = config.train.model_copy(
         update={"tasks_per_step": share, "seed": config.train.seed + ROLLOUT_SEED_STRIDE * rank}

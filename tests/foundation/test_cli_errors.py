@@ -98,6 +98,12 @@ CASES = [
     ("rollout-workers-option-negative", ["--rollout-workers", "-1"], ["--rollout-workers", "greater than or equal to 0"]),
     ("max-restarts-negative", ["--set", "distributed.max_restarts=-2"], ["'distributed.max_restarts' = -2", "greater than or equal to 0"]),
     ("rollout-timeout-zero", ["--set", "distributed.rollout_timeout_s=0"], ["'distributed.rollout_timeout_s' = 0", "greater than 0"]),
+    ("collective-timeout-zero", ["--set", "distributed.timeout_s=0"], ["'distributed.timeout_s' = 0", "greater than 0"]),
+    ("more-ranks-than-groups", ["--dry-run", "--nproc", "3", "--set", "train.tasks_per_step=2"],
+     ["train.tasks_per_step = 2 is below the 3 ranks (--nproc 3)", "--set train.tasks_per_step=3 (or more), or --nproc 2"]),
+    ("more-actors-than-groups", ["--dry-run", "--nproc", "2", "--rollout-workers", "3", "--set", "train.tasks_per_step=5"],
+     ["distributed.rollout_workers = 3 is more than the 2 groups a rank gets (train.tasks_per_step = 5 over 2 ranks)",
+      "--set distributed.rollout_workers=2 or fewer, or --set train.tasks_per_step=6"]),
     # config files
     ("config-missing", ["--config", "{tmp}/missing.yaml"], ["missing.yaml' does not exist", "--config"]),
     ("config-malformed", ["--config", "{tmp}/malformed.yaml"], ["malformed.yaml' is not valid YAML at line 3", "correct the YAML"]),
