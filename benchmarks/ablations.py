@@ -8,8 +8,8 @@ Reported, all relative to ``||g||^2``: the MSE ``E||g_r - g||^2``, the variance 
 the squared bias ``||mean - g||^2`` minus its sampling noise ``tr(Cov)/R`` (so it can dip below 0), and the mean cosine between ``g_r`` and ``g``. Model: the 1m
 tiny VLA; with ``--warm-start`` (default in full mode) the cached SFT warm start of the embedded
 default, so outcomes are real; otherwise random init with relabelled outcomes (see common.py).
-With equal trajectory lengths, GRPO's token-mean loss equals the ``traj_sum`` loss the ``iw``
-estimator targets, so one ``g`` serves both estimators.
+The default aggregation, ``seq_mean``, equals the ``traj_sum`` loss the ``iw`` estimator targets
+when every chunk is kept (whatever the trajectory lengths), so one ``g`` serves both estimators.
 
 Then every variant is trained: ``pcm-run``'s config (``configs/quickstart.yaml``) plus the
 variant's overrides, ``--steps`` RL steps (50 in full mode, 0 skips training) from the shared

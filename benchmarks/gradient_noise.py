@@ -54,8 +54,9 @@ VARIANTS: dict[str, tuple[str, int]] = {"pcm@4": ("pcm", 4), "pcm@12": ("pcm", 1
 
 def settings(quick: bool, args: argparse.Namespace | None = None) -> dict[str, Any]:
     """Batch shape, batch and mask counts, variants. With ``--config`` the batch shape is the
-    config's own (``train.tasks_per_step`` x ``train.group_size``) unless ``--groups`` and
-    ``--group-size`` say otherwise; ``--budgets`` replaces the variants by ``pcm`` at those B."""
+    config's own (``train.tasks_per_step`` x ``train.group_size``) in full mode (quick mode keeps
+    its small 2 x 4) unless ``--groups`` and ``--group-size`` say otherwise; ``--budgets``
+    replaces the variants by ``pcm`` at those B."""
     s: dict[str, Any] = {"config": None, "groups": 2 if quick else 8, "group_size": 4 if quick else 8,
                          "batches": 3 if quick else 8, "masks": 2 if quick else 3, "history_batches": 1 if quick else 2,
                          "max_steps": None, "seed": 0, "warm_start": not quick, "variants": dict(VARIANTS)}

@@ -116,8 +116,17 @@ def time_to(curve: list[tuple[int, float, float]], target: float) -> float:
 
 def median_time_to_target(times: list[float]) -> float:
     """Median over all seeds, a seed that never reached the target counting as slower than any
-    that did (``inf``): the median is ``inf`` when most seeds did not reach it."""
+    that did (``inf``): the median is ``inf`` when more than half of the seeds did not reach it
+    (with an even count, when half did not)."""
     return statistics.median(times) if times else math.nan
+
+
+def paired_speedup(grpo_s: float, pcm_s: float) -> float:
+    """One seed's GRPO time to the target over PCM's (the same seed, so the same warm start and
+    batch order): 0 when only GRPO reached it, inf when only PCM did, nan when neither did."""
+    if math.isinf(grpo_s) and math.isinf(pcm_s):
+        return math.nan
+    return grpo_s / pcm_s if pcm_s > 0 else math.inf
 
 
 def summarize(runs: list[dict[str, Any]], s: dict[str, Any]) -> dict[str, Any]:
@@ -142,12 +151,15 @@ def summarize(runs: list[dict[str, Any]], s: dict[str, Any]) -> dict[str, Any]:
             "train_s": stats([r["train_s"] for r in rows]),
             "step_split_s": {name: statistics.median([r["median_step_split_s"][name] for r in rows]) for name in SPLIT},
         }
+    seeds = sorted({r["seed"] for r in runs})
+    seed_times = {m: {r["seed"]: time_to(r["curve"], target) for r in rows} for m, rows in by.items()}
+    per_seed = [paired_speedup(seed_times["grpo"][seed], seed_times["pcm"][seed]) for seed in seeds]
     grpo_last_steps = [step for step, _, _ in by["grpo"][0]["curve"][-s["final_evals"]:]]
     pcm_at_grpo_steps = statistics.mean(success_at_steps(r["curve"], grpo_last_steps) for r in by["pcm"])
     g, p = summary["grpo"]["median_time_to_target_s"], summary["pcm"]["median_time_to_target_s"]
     speedup = g / p if p > 0 and not (math.isinf(g) and math.isinf(p)) else math.nan
     return {
-        "target_success": target, "speedup_to_target": speedup,
+        "target_success": target, "speedup_to_target": speedup, "speedup_per_seed": per_seed,
         "final_success_gap_points": 100.0 * (summary["grpo"]["final_success"]["mean"] - summary["pcm"]["final_success"]["mean"]),
         "final_success_gap_points_equal_steps": 100.0 * (summary["grpo"]["final_success"]["mean"] - pcm_at_grpo_steps),
         "summary": summary, "runs": runs,
@@ -204,7 +216,8 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         f"target success {result['target_success']:.3f}; **speedup_to_target** {result['speedup_to_target']:.2f} "
         f"(PCM reached the target in {result['summary']['pcm']['reached']} of {len(result['summary']['pcm']['time_to_target_raw_s'])} "
-        "seeds; 0 when most did not); "
+        "seeds; 0 when most did not); per seed (GRPO's time over PCM's, seed by seed) "
+        f"{' / '.join('n/a' if x is None or not math.isfinite(x) else f'{x:.2f}' for x in result['speedup_per_seed'])}; "
         f"**final_success_gap_points** (GRPO - PCM, each over its own steps) {result['final_success_gap_points']:.1f}; "
         f"at GRPO's steps {result['final_success_gap_points_equal_steps']:.1f}.",
     ])

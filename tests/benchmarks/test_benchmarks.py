@@ -5,6 +5,7 @@ them, the algebra between the reported statistics) are checked; timings are neve
 """
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -231,21 +232,25 @@ def test_gradient_noise_measures_the_given_config(tmp_path):
 def test_speedup_to_target_counts_seeds_that_never_reach_the_target():
     from benchmarks.time_to_success import settings, summarize
 
-    def run(method, reached_at, final):  # curve: (step, training seconds, eval success)
+    def run(method, seed, reached_at, final):  # curve: (step, training seconds, eval success)
         curve = [(0, 0.0, 0.3), (5, 50.0, 0.3), (10, 100.0, 0.3)]
         if reached_at is not None:
             curve[reached_at] = (curve[reached_at][0], curve[reached_at][1], 0.9)
-        return {"method": method, "final_success": final, "curve": curve, "config": {"train": {"eval_episodes": 64}},
+        return {"method": method, "seed": seed, "final_success": final, "curve": curve,
+                "config": {"train": {"eval_episodes": 64}},
                 "train_s": 100.0, "median_step_split_s": {name: 1.0 for name in ("rollout", "select", "forward_backward",
                                                                                   "optimizer")}}
 
     s = {**settings(quick=False), "target": 0.5}
-    grpo = [run("grpo", 2, 0.6), run("grpo", 2, 0.6), run("grpo", 2, 0.6)]  # every seed at 100 s
-    one_of_three = summarize([*grpo, run("pcm", 1, 0.6), run("pcm", None, 0.3), run("pcm", None, 0.3)], s)
+    grpo = [run("grpo", seed, 2, 0.6) for seed in range(3)]  # every seed at 100 s
+    one_of_three = summarize([*grpo, run("pcm", 0, 1, 0.6), run("pcm", 1, None, 0.3), run("pcm", 2, None, 0.3)], s)
     assert one_of_three["summary"]["pcm"]["reached"] == 1
     assert one_of_three["speedup_to_target"] == 0.0  # the median PCM seed never got there
-    two_of_three = summarize([*grpo, run("pcm", 1, 0.6), run("pcm", 1, 0.6), run("pcm", None, 0.3)], s)
+    assert one_of_three["speedup_per_seed"] == [2.0, 0.0, 0.0]  # 100 s / 50 s, then PCM never
+    two_of_three = summarize([*grpo, run("pcm", 0, 1, 0.6), run("pcm", 1, 1, 0.6), run("pcm", 2, None, 0.3)], s)
     assert two_of_three["speedup_to_target"] == pytest.approx(2.0)  # median 50 s against 100 s
+    neither = summarize([run("grpo", 0, None, 0.3), run("pcm", 0, None, 0.3)], {**s, "target": 0.5})
+    assert math.isnan(neither["speedup_per_seed"][0])  # no seed reached it: no ratio
 
 
 def test_quick_runs_never_write_over_the_committed_results(tmp_path):
