@@ -82,6 +82,11 @@ def setup(config: DistributedConfig, device: torch.device) -> tuple[Context, tor
             "Fix: --set distributed.backend=gloo on CPU, or run on GPUs"
         )
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda" and local_rank >= torch.cuda.device_count():
+        raise DistributedError(
+            f"rank {local_rank} on this machine has no GPU: only {torch.cuda.device_count()} are visible.\n"
+            f"Fix: --nproc {torch.cuda.device_count()} (one rank per GPU), or --set train.device=cpu"
+        )
     if device.type == "cuda":
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
@@ -318,6 +323,11 @@ def balanced_parts(batch: CompactBatch, micro_batch_size: int, num_parts: int) -
     when ``num_parts >= ceil(C / micro_batch_size)``). A rank with fewer than ``num_parts`` chunks
     repeats its first chunk with weight 0 so that it still runs ``num_parts`` forwards."""
     size = len(batch)
+    if size == 0:
+        raise DistributedError(
+            "this rank's budget sampler kept no chunk, so it has nothing to run its share of the backward passes on.\n"
+            "Fix: make the sampler keep at least one chunk of every trajectory (pcm.sampler, pcm.budget)"
+        )
     if size < num_parts:
         index = torch.cat([torch.arange(size), torch.zeros(num_parts - size, dtype=torch.long)])
         weights = torch.cat([batch.weights, torch.zeros(num_parts - size, dtype=batch.weights.dtype)])
