@@ -30,7 +30,8 @@ import torch
 
 from benchmarks.common import (
     CONFIGS, QUICK_TRAINING, batch_gradient, build_env, build_policy, collect_batch, config_for, fold_into_keep_probs,
-    machine, make_learner, masked_gradient, resolve_device, seed_everything, table, train_to_end, write_outputs,
+    machine, machine_line, make_learner, masked_gradient, resolve_device, seed_everything, table, train_to_end,
+    write_outputs,
 )
 from pcm_core.config import load_config
 from pcm_core.plots import pyplot
@@ -192,7 +193,7 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join([
         "# ablations: gradient-estimator quality at the same budget (one batch, resampled masks)",
         "",
-        f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}. Model tinyvla {s['size'] or '1m (default)'}; B={s['budget']}; "
+        f"{machine_line(m, result['device'])} Model tinyvla {s['size'] or '1m (default)'}; B={s['budget']}; "
         f"{s['groups']}x{s['group_size']} trajectories; {s['history_batches']} history batch(es) folded into q; "
         f"{s['resamples']} resampled masks; warm start: {result['warm_start'] or 'none (random init, relabelled outcomes)'}. "
         "Errors are relative to the squared norm of the full-batch GRPO gradient.",

@@ -41,8 +41,8 @@ import torch
 from torch import Tensor
 
 from benchmarks.common import (
-    batch_gradient, build_env, build_policy, collect_batch, fold_into_keep_probs, machine, make_learner, masked_gradient,
-    resolve_device, seed_everything, table, write_outputs,
+    batch_gradient, build_env, build_policy, collect_batch, fold_into_keep_probs, machine, machine_line, make_learner,
+    masked_gradient, resolve_device, seed_everything, table, write_outputs,
 )
 from pcm_core.config import RunConfig, load_config
 from pcm_core.plots import pyplot
@@ -192,7 +192,7 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join([
         "# gradient_noise: the rollout batch's noise and PCM's mask noise",
         "",
-        f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}. Config: {s['config'] or 'the embedded default'}; "
+        f"{machine_line(m, result['device'])} Config: {s['config'] or 'the embedded default'}; "
         f"{s['batches']} independent batches of {s['groups']}x{s['group_size']} trajectories; {s['masks']} masks per "
         f"batch and variant; {s['history_batches']} history batch(es) folded into q; warm start: "
         f"{result['warm_start'] or 'none (random init, relabelled outcomes)'}.",

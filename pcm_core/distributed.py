@@ -149,9 +149,9 @@ def full_tensors(saved: Checkpoint, context: Context) -> Checkpoint:
     return saved
 
 
-def after_state_dict(learner: Learner) -> None:
-    """Under FSDP: gather the full weights again after a ``state_dict()`` call (a checkpoint, a
-    weight publish), which reshards them, so the next rollout can call the policy."""
+def gather_for_rollouts(learner: Learner) -> None:
+    """Under FSDP: gather the full weights, which rollouts need, after anything that reshards them
+    (a ``state_dict()`` call for a checkpoint or a weight publish, a restore)."""
     if isinstance(learner, DistributedLearner) and learner.strategy == "fsdp":
         learner.unshard_all()
 
@@ -184,8 +184,7 @@ def after_restore(
     its own rollout streams (the checkpoint holds rank 0's), seeded by its rollout seed and the step."""
     if not context.active:
         return
-    if isinstance(learner, DistributedLearner) and learner.strategy == "fsdp":
-        learner.unshard_all()
+    gather_for_rollouts(learner)
     rng.bit_generator.state = np.random.default_rng([local.train.seed, step]).bit_generator.state
     generator.manual_seed(local.train.seed * 1_000_003 + step)
 

@@ -21,6 +21,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from pcm_core.config import ResolvedComponent, RunConfig
+from pcm_core.distributed import check_ranks
 from pcm_core.errors import MissingBackendError, PcmError
 from pcm_core.interfaces import EnvBackend, PolicyBackend
 from pcm_core.rollout import GroupSpec, collect, concat
@@ -81,13 +82,9 @@ class RayRollouts:
         require_ray(config.distributed.rollout_workers)
         import ray
 
+        check_ranks(config, 1)  # this process's share of the groups: one per actor at least
         settings, train = config.distributed, config.train
         workers, groups = settings.rollout_workers, train.tasks_per_step
-        if groups < workers:
-            raise PcmError(
-                f"distributed.rollout_workers = {workers} is more than the {groups} groups of a step (train.tasks_per_step).\n"
-                f"Fix: --set distributed.rollout_workers={groups} or fewer"
-            )
         self._owns_ray = not ray.is_initialized()
         if self._owns_ray:  # joins the cluster in RAY_ADDRESS when set, else starts a local one
             ray.init(include_dashboard=False, logging_level=logging.WARNING, configure_logging=True)

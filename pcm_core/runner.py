@@ -318,7 +318,7 @@ def train(
 
         def save(step: int) -> Path:
             saved = distributed.full_tensors(capture(step, config, learner, env, rng, generator, result.history, tracker.run_id), context)
-            distributed.after_state_dict(learner)
+            distributed.gather_for_rollouts(learner)
             if not context.is_main:  # rank 0 writes the checkpoint
                 return run_dir / checkpoint.CHECKPOINTS / f"step_{step:06d}"
             return checkpoint.save(run_dir, saved, keep=config.train.keep_checkpoints)
@@ -338,7 +338,7 @@ def train(
                 metrics["faults/dropped_trajectories"] = float(last_batch.dropped)
                 if rollouts is not None:  # the new weights go to the rollout actors
                     metrics.update(rollouts.publish(policy))
-                    distributed.after_state_dict(learner)
+                    distributed.gather_for_rollouts(learner)
                 metrics.update(timer.metrics())
                 metrics["time/step_s"] = sum(timer.seconds.values())
                 every = config.train.eval_every

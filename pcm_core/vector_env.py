@@ -33,7 +33,7 @@ from typing import Any, Sequence
 import numpy as np
 from pydantic import ValidationError
 
-from pcm_core.config import ResolvedComponent, format_validation_error
+from pcm_core.config import EnvConfig, ResolvedComponent, format_validation_error
 from pcm_core.errors import PcmError
 from pcm_core.interfaces import EnvBackend, StepResult
 
@@ -42,8 +42,9 @@ MAX_FAILURES = 3
 
 CLOSE_TIMEOUT_S = 10.0
 
-ANSWER_TIMEOUT_S = 600.0
-"""Default seconds a worker may take over one command before it counts as hung (``env.worker_timeout_s``)."""
+ANSWER_TIMEOUT_S: float = EnvConfig.model_fields["worker_timeout_s"].default
+"""Default seconds a worker may take over one command before it counts as hung (the default of
+``env.worker_timeout_s``)."""
 
 logger = logging.getLogger(__name__)
 
