@@ -108,9 +108,18 @@ def success_at_steps(curve: list[tuple[int, float, float]], steps: list[int]) ->
 
 
 def time_to(curve: list[tuple[int, float, float]], target: float) -> float:
+    """Training seconds up to the first evaluation that reaches ``target`` (inf: none did)."""
     for _, clock, success in curve:
         if success >= target - 1e-9:
             return clock
+    return math.inf
+
+
+def steps_to(curve: list[tuple[int, float, float]], target: float) -> float:
+    """RL steps up to the first evaluation that reaches ``target`` (inf: none did)."""
+    for step, _, success in curve:
+        if success >= target - 1e-9:
+            return float(step)
     return math.inf
 
 
@@ -133,7 +142,10 @@ def summarize(runs: list[dict[str, Any]], s: dict[str, Any]) -> dict[str, Any]:
     """Target, per-method summary and the headline keys from the runs of both methods.
 
     ``speedup_to_target`` = GRPO's median time to the target over PCM's, both over all seeds
-    (:func:`median_time_to_target`): 0 when most PCM seeds never reached it.
+    (:func:`median_time_to_target`): 0 when most PCM seeds never reached it. It splits into two
+    factors, ``speedup_to_target ~= step_time_ratio / steps_to_target_ratio``: how much cheaper a
+    PCM step is (GRPO's median seconds per step over PCM's) and how many more steps PCM needs to
+    the target (PCM's median steps over GRPO's, medians over all seeds as for the time).
     """
     by = {m: [r for r in runs if r["method"] == m] for m in METHODS}
     episodes = by["grpo"][0]["config"]["train"]["eval_episodes"]
@@ -145,6 +157,8 @@ def summarize(runs: list[dict[str, Any]], s: dict[str, Any]) -> dict[str, Any]:
         finals = [r["final_success"] for r in rows]
         summary[method] = {
             "median_time_to_target_s": median_time_to_target(times),
+            "median_steps_to_target": median_time_to_target([steps_to(r["curve"], target) for r in rows]),
+            "step_s": statistics.median(r["train_s"] / r["steps"] for r in rows),
             "time_to_target_s": stats([t for t in times if math.isfinite(t)]), "reached": sum(math.isfinite(t) for t in times),
             "time_to_target_raw_s": times, "final_success": {**stats(finals), "mean": statistics.mean(finals),
                                                              "std": statistics.pstdev(finals)},
@@ -158,8 +172,11 @@ def summarize(runs: list[dict[str, Any]], s: dict[str, Any]) -> dict[str, Any]:
     pcm_at_grpo_steps = statistics.mean(success_at_steps(r["curve"], grpo_last_steps) for r in by["pcm"])
     g, p = summary["grpo"]["median_time_to_target_s"], summary["pcm"]["median_time_to_target_s"]
     speedup = g / p if p > 0 and not (math.isinf(g) and math.isinf(p)) else math.nan
+    grpo_steps, pcm_steps = summary["grpo"]["median_steps_to_target"], summary["pcm"]["median_steps_to_target"]
     return {
         "target_success": target, "speedup_to_target": speedup, "speedup_per_seed": per_seed,
+        "step_time_ratio": summary["grpo"]["step_s"] / summary["pcm"]["step_s"],
+        "steps_to_target_ratio": pcm_steps / grpo_steps if math.isfinite(grpo_steps) and grpo_steps > 0 else math.nan,
         "final_success_gap_points": 100.0 * (summary["grpo"]["final_success"]["mean"] - summary["pcm"]["final_success"]["mean"]),
         "final_success_gap_points_equal_steps": 100.0 * (summary["grpo"]["final_success"]["mean"] - pcm_at_grpo_steps),
         "summary": summary, "runs": runs,
@@ -220,7 +237,26 @@ def markdown(result: dict[str, Any]) -> str:
         f"{' / '.join('n/a' if x is None or not math.isfinite(x) else f'{x:.2f}' for x in result['speedup_per_seed'])}; "
         f"**final_success_gap_points** (GRPO - PCM, each over its own steps) {result['final_success_gap_points']:.1f}; "
         f"at GRPO's steps {result['final_success_gap_points_equal_steps']:.1f}.",
+        "",
+        f"Why: a PCM step took 1/{result['step_time_ratio']:.2f} of a GRPO step (**step_time_ratio**; the rollout, "
+        f"which PCM does not shorten, caps it), and {steps_needed(result)}; "
+        "speedup_to_target ~= step_time_ratio / steps_to_target_ratio.",
     ])
+
+
+def steps_needed(result: dict[str, Any]) -> str:
+    """The markdown's account of ``steps_to_target_ratio`` (null in the JSON when it is undefined)."""
+    ratio = result.get("steps_to_target_ratio")
+    medians = f"medians over seeds: {steps_text(result['summary']['pcm'])} against {steps_text(result['summary']['grpo'])}"
+    if ratio is None or not math.isfinite(ratio):
+        return f"**steps_to_target_ratio** is undefined: most seeds of one method never reached the target ({medians})"
+    return f"PCM needed {ratio:.2f}x GRPO's steps to the target (**steps_to_target_ratio**, {medians})"
+
+
+def steps_text(entry: dict[str, Any]) -> str:
+    """A method's median steps to the target, or "never"."""
+    steps = entry["median_steps_to_target"]
+    return f"{steps:.0f}" if steps is not None and math.isfinite(steps) else "never"
 
 
 def figure(result: dict[str, Any]):

@@ -236,7 +236,7 @@ def test_speedup_to_target_counts_seeds_that_never_reach_the_target():
         curve = [(0, 0.0, 0.3), (5, 50.0, 0.3), (10, 100.0, 0.3)]
         if reached_at is not None:
             curve[reached_at] = (curve[reached_at][0], curve[reached_at][1], 0.9)
-        return {"method": method, "seed": seed, "final_success": final, "curve": curve,
+        return {"method": method, "seed": seed, "final_success": final, "curve": curve, "steps": 10,
                 "config": {"train": {"eval_episodes": 64}},
                 "train_s": 100.0, "median_step_split_s": {name: 1.0 for name in ("rollout", "select", "forward_backward",
                                                                                   "optimizer")}}
@@ -251,6 +251,25 @@ def test_speedup_to_target_counts_seeds_that_never_reach_the_target():
     assert two_of_three["speedup_to_target"] == pytest.approx(2.0)  # median 50 s against 100 s
     neither = summarize([run("grpo", 0, None, 0.3), run("pcm", 0, None, 0.3)], {**s, "target": 0.5})
     assert math.isnan(neither["speedup_per_seed"][0])  # no seed reached it: no ratio
+
+
+def test_speedup_to_target_splits_into_step_time_and_steps_needed():
+    from benchmarks.time_to_success import markdown, settings, summarize
+
+    def run(method, steps, curve):  # curve: (step, training seconds, eval success); 100 s of training in all
+        return {"method": method, "seed": 0, "final_success": curve[-1][2], "curve": curve, "steps": steps,
+                "train_s": 100.0, "config": {"train": {"eval_episodes": 64}, "pcm": {"budget": 12}},
+                "median_step_split_s": {name: 1.0 for name in ("rollout", "select", "forward_backward", "optimizer")}}
+
+    grpo = run("grpo", 10, [(0, 0.0, 0.3), (5, 50.0, 0.4), (10, 100.0, 0.6)])  # 10 s a step, the target at step 10
+    pcm = run("pcm", 20, [(0, 0.0, 0.3), (5, 25.0, 0.3), (10, 50.0, 0.4), (15, 75.0, 0.6), (20, 100.0, 0.6)])
+    s = {**settings(quick=False), "target": 0.5, "steps": {"grpo": 10, "pcm": 20}}
+    result = summarize([grpo, pcm], s)
+    assert result["step_time_ratio"] == 2.0  # 10 s against 5 s a step
+    assert result["steps_to_target_ratio"] == 1.5  # step 15 against step 10
+    assert result["speedup_to_target"] == pytest.approx(100.0 / 75.0)  # = 2.0 / 1.5
+    text = markdown({**result, "machine": {"cpu": "x", "cores": 2, "torch": "t"}, "settings": s})
+    assert "PCM needed 1.50x GRPO's steps" in text and "medians over seeds: 15 against 10" in text
 
 
 def test_quick_runs_never_write_over_the_committed_results(tmp_path):
