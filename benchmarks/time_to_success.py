@@ -21,7 +21,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import CONFIGS, QUICK_TRAINING, fmt_range, machine, stats, table, train_to_end, write_outputs
+from benchmarks.common import (
+    CONFIGS, QUICK_TRAINING, fmt_range, machine, machine_line, resolve_device, stats, table, train_to_end, write_outputs,
+)
 from pcm_core.config import load_config
 from pcm_core.plots import pyplot
 
@@ -202,7 +204,8 @@ def run(quick: bool, device: str, out: Path, args: argparse.Namespace | None = N
                 runs.append(r)
                 log(f"  {method} seed {seed}: final success {r['final_success']:.2f}, train {r['train_s']:.1f}s, "
                     f"curve {[(st, round(sc, 2)) for st, _, sc in r['curve']]}")
-    result = {"benchmark": "time_to_success", "machine": machine(), "settings": s, **summarize(runs, s),
+    result = {"benchmark": "time_to_success", "machine": machine(), "device": str(resolve_device(device)), "settings": s,
+              **summarize(runs, s),
               "duration_s": time.perf_counter() - started}
     write_outputs(out, "time_to_success", result, markdown(result), figure(result))
     return result
@@ -224,7 +227,7 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join([
         "# time_to_success: GRPO vs PCM on the embedded default",
         "",
-        f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}. {result['settings']['seeds']} seed(s) per method; "
+        f"{machine_line(m, result['device'])} {result['settings']['seeds']} seed(s) per method; "
         f"PCM budget B={pcm_budget}; "
         f"overrides {result['settings']['overrides']}. {result['note']}.",
         "",

@@ -21,7 +21,8 @@ from pcm_core.runner import RunResult
 EXPECTED_KEYS = {
     "grad_update": ["machine", "settings", "batch", "sizes", "speedup_at_b12"],
     "activation_memory": ["machine", "settings", "runs", "reduction_at_b12"],
-    "time_to_success": ["machine", "settings", "runs", "summary", "speedup_to_target", "final_success_gap_points"],
+    "time_to_success": ["machine", "settings", "runs", "summary", "speedup_to_target", "final_success_gap_points",
+                        "step_time_ratio", "steps_to_target_ratio", "device"],
     "ablations": ["machine", "settings", "variants", "full_gradient_norm2"],
     "gradient_noise": ["machine", "settings", "variants", "effective_batch_fraction_at_b12"],
 }
@@ -268,7 +269,7 @@ def test_speedup_to_target_splits_into_step_time_and_steps_needed():
     assert result["step_time_ratio"] == 2.0  # 10 s against 5 s a step
     assert result["steps_to_target_ratio"] == 1.5  # step 15 against step 10
     assert result["speedup_to_target"] == pytest.approx(100.0 / 75.0)  # = 2.0 / 1.5
-    text = markdown({**result, "machine": {"cpu": "x", "cores": 2, "torch": "t"}, "settings": s})
+    text = markdown({**result, "machine": {"cpu": "x", "cores": 2, "torch": "t"}, "device": "cpu", "settings": s})
     assert "PCM needed 1.50x GRPO's steps" in text and "medians over seeds: 15 against 10" in text
 
 
