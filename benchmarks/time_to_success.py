@@ -109,27 +109,20 @@ def success_at_steps(curve: list[tuple[int, float, float]], steps: list[int]) ->
     return statistics.mean(values) if values else float("nan")
 
 
-def time_to(curve: list[tuple[int, float, float]], target: float) -> float:
-    """Training seconds up to the first evaluation that reaches ``target`` (inf: none did)."""
-    for _, clock, success in curve:
+def reached_at(curve: list[tuple[int, float, float]], target: float) -> tuple[float, float]:
+    """(RL step, training seconds) of the first evaluation that reaches ``target``; (inf, inf)
+    when none did."""
+    for step, clock, success in curve:
         if success >= target - 1e-9:
-            return clock
-    return math.inf
+            return float(step), clock
+    return math.inf, math.inf
 
 
-def steps_to(curve: list[tuple[int, float, float]], target: float) -> float:
-    """RL steps up to the first evaluation that reaches ``target`` (inf: none did)."""
-    for step, _, success in curve:
-        if success >= target - 1e-9:
-            return float(step)
-    return math.inf
-
-
-def median_time_to_target(times: list[float]) -> float:
-    """Median over all seeds, a seed that never reached the target counting as slower than any
-    that did (``inf``): the median is ``inf`` when more than half of the seeds did not reach it
-    (with an even count, when half did not)."""
-    return statistics.median(times) if times else math.nan
+def median_over_seeds(values: list[float]) -> float:
+    """Median of a time or step count to the target over all seeds, a seed that never reached it
+    counting as slower than any that did (``inf``): the median is ``inf`` when more than half of
+    the seeds did not reach it (with an even count, when half did not)."""
+    return statistics.median(values) if values else math.nan
 
 
 def paired_speedup(grpo_s: float, pcm_s: float) -> float:
@@ -144,7 +137,7 @@ def summarize(runs: list[dict[str, Any]], s: dict[str, Any]) -> dict[str, Any]:
     """Target, per-method summary and the headline keys from the runs of both methods.
 
     ``speedup_to_target`` = GRPO's median time to the target over PCM's, both over all seeds
-    (:func:`median_time_to_target`): 0 when most PCM seeds never reached it. It splits into two
+    (:func:`median_over_seeds`): 0 when most PCM seeds never reached it. It splits into two
     factors, ``speedup_to_target ~= step_time_ratio / steps_to_target_ratio``: how much cheaper a
     PCM step is (GRPO's median seconds per step over PCM's) and how many more steps PCM needs to
     the target (PCM's median steps over GRPO's, medians over all seeds as for the time).
@@ -154,21 +147,22 @@ def summarize(runs: list[dict[str, Any]], s: dict[str, Any]) -> dict[str, Any]:
     grpo_final = statistics.mean(r["final_success"] for r in by["grpo"])
     target = s["target"] if s["target"] is not None else math.floor(0.95 * grpo_final * episodes) / episodes
     summary: dict[str, Any] = {}
+    seed_times: dict[str, dict[int, float]] = {}  # method -> seed -> time to the target
     for method, rows in by.items():
-        times = [time_to(r["curve"], target) for r in rows]
+        steps, times = zip(*(reached_at(r["curve"], target) for r in rows))
+        seed_times[method] = {r["seed"]: t for r, t in zip(rows, times)}
         finals = [r["final_success"] for r in rows]
         summary[method] = {
-            "median_time_to_target_s": median_time_to_target(times),
-            "median_steps_to_target": median_time_to_target([steps_to(r["curve"], target) for r in rows]),
+            "median_time_to_target_s": median_over_seeds(list(times)),
+            "median_steps_to_target": median_over_seeds(list(steps)),
             "step_s": statistics.median(r["train_s"] / r["steps"] for r in rows),
             "time_to_target_s": stats([t for t in times if math.isfinite(t)]), "reached": sum(math.isfinite(t) for t in times),
-            "time_to_target_raw_s": times, "final_success": {**stats(finals), "mean": statistics.mean(finals),
-                                                             "std": statistics.pstdev(finals)},
+            "time_to_target_raw_s": list(times), "final_success": {**stats(finals), "mean": statistics.mean(finals),
+                                                                   "std": statistics.pstdev(finals)},
             "train_s": stats([r["train_s"] for r in rows]),
             "step_split_s": {name: statistics.median([r["median_step_split_s"][name] for r in rows]) for name in SPLIT},
         }
     seeds = sorted({r["seed"] for r in runs})
-    seed_times = {m: {r["seed"]: time_to(r["curve"], target) for r in rows} for m, rows in by.items()}
     per_seed = [paired_speedup(seed_times["grpo"][seed], seed_times["pcm"][seed]) for seed in seeds]
     grpo_last_steps = [step for step, _, _ in by["grpo"][0]["curve"][-s["final_evals"]:]]
     pcm_at_grpo_steps = statistics.mean(success_at_steps(r["curve"], grpo_last_steps) for r in by["pcm"])
