@@ -115,11 +115,11 @@ def summarise(samples: list[dict[str, Any]], names: list[str], budgets: list[int
             **{f"{sec}_s": stats([x[sec] for x in rows]) for sec in SECTIONS},
         }
         if name != "all":
-            paired = [a["total"] / p["total"] for a in by["all"] for p in rows if a["repeat"] == p["repeat"]]
+            paired = stats([a["total"] / p["total"] for a in by["all"] for p in rows if a["repeat"] == p["repeat"]])
             fb_all = stats([x["forward_backward"] for x in by["all"]])["median"]
             entry.update(
                 # median: the ratio of the medians; min, max and paired_median: the per-repeat ratios
-                speedup={**stats(paired), "paired_median": stats(paired)["median"],
+                speedup={**paired, "paired_median": paired["median"],
                          "median": all_total["median"] / entry["total_s"]["median"]},
                 limit=by["all"][0]["kept_chunks"] / max(rows[0]["kept_chunks"], 1),
                 forward_backward_speedup=fb_all / entry["forward_backward_s"]["median"],
