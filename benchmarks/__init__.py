@@ -4,7 +4,8 @@ Every figure is a ratio measured in one process on one batch, with only the samp
 configurations interleaved over repeats and reported as min / median / max.
 """
 
-BENCHMARKS = ("grad_update", "activation_memory", "time_to_success", "ablations", "gradient_noise", "distributed_scaling")
+BENCHMARKS = ("grad_update", "activation_memory", "time_to_success", "ablations", "gradient_noise", "distributed_scaling",
+              "warm_starts")
 
 BACKEND_BENCHMARKS = ("libero_env_throughput", "maniskill_env_throughput")
 """Benchmarks that need a backend extra (``[libero]``, ``[maniskill]``); run by name only, never by ``all``."""

@@ -39,6 +39,15 @@ def train_to_end(config: RunConfig) -> RunResult:
     return result
 
 
+def group_shard(group_index: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
+    """Trajectory indices ``[N_r]`` of rank ``rank`` in one collected global batch: the sorted group
+    ids cut into ``world_size`` contiguous blocks (sizes differ by at most one group), as a
+    data-parallel run's ranks each collect their own share of a step's groups."""
+    groups = torch.unique(group_index, sorted=True)
+    mine = groups.tensor_split(world_size)[rank]
+    return torch.nonzero(torch.isin(group_index, mine)).squeeze(1)
+
+
 def machine() -> dict[str, Any]:
     """CPU model, core count, torch version and threads, and the GPU when there is one."""
     cpu = platform.processor() or ""

@@ -4,7 +4,7 @@ learner step time with 1 and 2 data-parallel ranks (torch.distributed, gloo on C
 Rollouts: the same step (``groups x group_size`` trajectories of the embedded default) collected
 ``repeats`` times after one warm-up step; throughput is env steps per second of wall time.
 Learner: one fixed rollout batch, split by groups over the ranks; each rank runs the
-:class:`~pcm_core.distributed.DistributedLearner` update ``repeats`` times after one warm-up
+:class:`~pcm_core.learner.Learner` (DDP) update ``repeats`` times after one warm-up
 update; the step time is the slowest rank's. Without Ray the rollout rows say so and the learner
 rows are still measured.
 """
@@ -21,7 +21,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.common import build_env, build_policy, collect_batch, config_for, machine, stats, table, write_outputs
+from benchmarks.common import (
+    build_env, build_policy, collect_batch, config_for, group_shard, machine, stats, table, write_outputs,
+)
 from pcm_core.plots import pyplot
 
 
@@ -96,18 +98,20 @@ def _learner_rank(rank: int, world_size: int, s: dict[str, Any], folder: str) ->
     import torch.distributed as dist
 
     from pcm_core.config import resolve_components
-    from pcm_core.distributed import Context, DistributedLearner, all_reduce_sum, group_shard
+    from pcm_core.communicator import Communicator, Context
+    from pcm_core.learner import Learner
+    from pcm_core.parallel import DDP
     from pcm_core.profiling import StepTimer
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=world_size)
-    context = Context(rank, world_size, rank, active=True)
+    comm = Communicator(Context(rank, world_size, rank, active=True))
     config = config_for("pcm", s["budget"], s["size"], overrides=_overrides(s))
     torch.manual_seed(s["seed"])
     policy = build_policy(config, torch.device("cpu"))
     c = resolve_components(config)
-    learner = DistributedLearner(
-        policy, c["segmenter"].build(), c["proxy"].build(), c["sampler"].build(), config.pcm, config.train, context
+    learner = Learner(
+        policy, c["segmenter"].build(), c["proxy"].build(), c["sampler"].build(), config.pcm, config.train, comm, DDP()
     )
     batch = torch.load(f"{folder}/batch.pt", weights_only=False)
     shard = batch.select_trajectories(group_shard(batch.group_index, rank, world_size))
@@ -117,7 +121,7 @@ def _learner_rank(rank: int, world_size: int, s: dict[str, Any], folder: str) ->
         start = time.perf_counter()
         learner.update(shard, StepTimer())
         elapsed = torch.tensor([time.perf_counter() - start if r == rank else 0.0 for r in range(world_size)])
-        slowest = float(all_reduce_sum(elapsed, context).max())
+        slowest = float(comm.sum(elapsed).max())
         if repeat:
             seconds.append(slowest)
     if rank == 0:

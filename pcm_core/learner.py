@@ -12,10 +12,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from pcm_core.algo.grpo import group_advantages, policy_loss, uniform_groups
-from pcm_core.algo.pcm import KeepProbabilities, compact, trajectory_budgets
+from pcm_core.algo.grpo import chunk_weights, group_advantages, policy_loss, uniform_groups
+from pcm_core.algo.pcm import KeepProbabilities, balanced_parts, compact, select_per_trajectory, trajectory_budgets
+from pcm_core.communicator import Communicator
 from pcm_core.config import PCMConfig, TrainConfig
 from pcm_core.interfaces import BudgetSampler, PhaseSegmenter, PolicyBackend, VarianceProxy
+from pcm_core.parallel import SingleProcess
 from pcm_core.profiling import SavedActivationMeter, StepTimer, cuda_peak_memory, reset_cuda_peak
 from pcm_core.types import CompactBatch, PhaseScores, RolloutBatch, Selection
 
@@ -40,7 +42,15 @@ def policy_precision(device: torch.device, train: TrainConfig) -> torch.autocast
 
 
 class Learner:
-    """Holds the optimizer, PCM's keep-probabilities and the sampling generator."""
+    """Holds the optimizer, PCM's keep-probabilities and the sampling generator: one learner for one
+    process and for every rank of a data-parallel run.
+
+    ``comm`` carries the few collectives of a step (phase-score sums, global counts, the NaN
+    guard); in one process each is the identity. ``parallel`` is the data-parallel strategy (DDP,
+    FSDP) behind the policy's ``log_probs``; :class:`~pcm_core.parallel.SingleProcess` by default.
+    Masks are drawn per trajectory, from a stream seeded by the step's seed and the trajectory's
+    index in the global batch, so they do not depend on the number of ranks.
+    """
 
     def __init__(
         self,
@@ -50,8 +60,11 @@ class Learner:
         sampler: BudgetSampler,
         pcm: PCMConfig,
         train: TrainConfig,
+        comm: Communicator | None = None,
+        parallel: SingleProcess | None = None,
     ) -> None:
-        self.policy = policy
+        self.comm = comm or Communicator()
+        self.parallel = parallel or SingleProcess()
         self.segmenter = segmenter
         self.proxy = proxy
         self.sampler = sampler
@@ -65,15 +78,18 @@ class Learner:
             online=pcm.online,
             ema=pcm.ema,
         )
+        self.parallel.setup(policy, self.comm)  # rank 0's weights everywhere; FSDP shards them here
         self.optimizer = torch.optim.AdamW(
             [p for p in policy.module.parameters() if p.requires_grad], lr=train.lr, betas=train.adam_betas,
             weight_decay=train.weight_decay,
         )
         self.generator = torch.Generator().manual_seed(train.seed + 1)
         self.reference = self._frozen_copy(policy) if train.kl_coef > 0 else None
+        self.policy = self.parallel.route(policy)  # log_probs through the DDP / FSDP wrapper
         self.meter = SavedActivationMeter(policy.module)
         self.skipped_updates = 0  # optimizer steps skipped for a non-finite loss or gradient, in all
         self.consecutive_skips = 0  # ... since the last applied step
+        self._global_counts = torch.zeros(6, dtype=torch.float64)
 
     @staticmethod
     def _frozen_copy(policy: PolicyBackend) -> PolicyBackend:
@@ -83,30 +99,55 @@ class Learner:
         return reference
 
     def select(self, batch: RolloutBatch) -> SelectionResult:
-        """Advantages, phases, phase scores, q update, chunk sampling and compaction."""
-        advantages = group_advantages(batch.rewards, batch.group_index)  # A_i  [N]
-        phases = self.segmenter.segment(batch)  # k(i, t)  [N, T]
-        scores = self.proxy.score(batch, phases, self.segmenter.num_phases)  # v_k as sums/counts
-        keep_probs = self.keep_probs.update(scores)  # q_k  [P]
-        budgets = trajectory_budgets(batch.lengths, self.pcm.budget, self.pcm.budget_scaling, batch.horizon_chunks)  # B_i  [N]
-        selection = self.sampler.select(phases, batch.lengths, keep_probs, budgets, self.generator)
-        compact_batch = compact(batch, selection, advantages, self.pcm.estimator, self.train.loss_aggregation)
+        """Advantages, phases, phase scores, q update, chunk sampling, loss weights and compaction.
+
+        ``batch`` holds this rank's whole groups (all of them in one process); phase scores and
+        the normalisers of the loss weights are those of the global batch.
+        """
+        advantages = group_advantages(batch.rewards, batch.group_index)  # A_i  [N_r]
+        phases = self.segmenter.segment(batch)  # k(i, t)  [N_r, T]
+        scores = self.comm.sum_scores(self.proxy.score(batch, phases, self.segmenter.num_phases))  # v_k as sums/counts
+        keep_probs = self.keep_probs.update(scores)  # q_k  [P], the same on every rank
+        budgets = trajectory_budgets(batch.lengths, self.pcm.budget, self.pcm.budget_scaling, batch.horizon_chunks)  # B_i
+        step_seed = int(torch.randint(0, 2**62, (1,), generator=self.generator))  # the same on every rank
+        offset, num_global = self.comm.offset(batch.num_trajectories)  # this rank's first global index, N
+        seeds = step_seed + offset + torch.arange(batch.num_trajectories)  # one stream per global trajectory  [N_r]
+        selection = select_per_trajectory(self.sampler, phases, batch.lengths, keep_probs, budgets, seeds)
+        self._global_counts = self.comm.sum(self._batch_counts(batch, selection))
+        weights = chunk_weights(
+            selection, batch.lengths, batch.tokens.shape[-1], self.pcm.estimator, self.train.loss_aggregation,
+            num_trajectories=num_global, num_kept=int(self._global_counts[0]), world_size=self.comm.world_size,
+        )  # w_c  [C_r]
+        compact_batch = compact(batch, selection, advantages, weights)
         return SelectionResult(advantages, phases, scores, keep_probs.clone(), selection, compact_batch)
 
+    @staticmethod
+    def _batch_counts(batch: RolloutBatch, selection: Selection) -> Tensor:
+        """``[6]`` float64: kept chunks, trajectories, successes, mixed groups, groups, real chunks."""
+        uniform = uniform_groups(batch.rewards, batch.group_index)  # [M_r]
+        return torch.tensor(
+            [float(selection.keep.sum()), batch.num_trajectories, float(batch.rewards.sum()), float((~uniform).sum()),
+             uniform.numel(), float(batch.lengths.sum())],
+            dtype=torch.float64,
+        )
+
     def backward(self, batch: CompactBatch) -> dict[str, float]:
-        """Micro-batched forward/backward over the kept chunks; gradients accumulate."""
+        """Micro-batched forward/backward over the kept chunks; gradients accumulate. Every rank
+        runs the same number of micro-batches (FSDP gathers weights in each forward, DDP reduces
+        gradients in the last backward)."""
         device = self.policy.device
+        wanted = math.ceil(len(batch) / self.train.micro_batch_size)  # this rank's micro-batches
+        num_parts = int(self.comm.max(torch.tensor([float(wanted)])).item())  # the most any rank needs
+        parts = balanced_parts(batch, num_parts)
         totals = {"loss": 0.0, "clip_fraction": 0.0}
-        micro = self.train.micro_batch_size
-        for start in range(0, len(batch), micro):
-            part = batch.slice(start, start + micro)
+        for i, part in enumerate(parts):
             obs = {key: value.to(device, non_blocking=True) for key, value in part.obs.items()}
             tokens = part.tokens.to(device)
             ref_logprobs = None
             if self.reference is not None:
                 with torch.no_grad(), policy_precision(device, self.train):
                     ref_logprobs = self.reference.log_probs(obs, part.instructions, tokens).float()
-            with self.meter.measure(), policy_precision(device, self.train):
+            with self.parallel.gradient_sync(i == len(parts) - 1), self.meter.measure(), policy_precision(device, self.train):
                 logprobs = self.policy.log_probs(obs, part.instructions, tokens).float()  # log pi_theta  [c, L]
                 loss, stats = policy_loss(
                     logprobs,
@@ -118,7 +159,7 @@ class Learner:
                     ref_logprobs=ref_logprobs,
                     kl_coef=self.train.kl_coef,
                 )
-            loss.backward()
+                loss.backward()
             totals["loss"] += float(loss.detach())
             totals["clip_fraction"] += float(stats["clip_fraction"]) * len(part) / max(len(batch), 1)
         return totals
@@ -147,11 +188,14 @@ class Learner:
                     self.consecutive_skips += 1
                 self.optimizer.zero_grad(set_to_none=True)
         self.policy.module.eval()
-        return self._metrics(batch, result, losses, float(grad_norm), device)
+        self.parallel.after_update()  # FSDP: the full weights again, to act
+        return self._metrics(batch, result, losses, self.parallel.full_value(grad_norm), device)
 
     def _update_is_finite(self, loss: float, grad_norm: torch.Tensor) -> bool:
-        """Whether this update may reach the weights: a finite loss and gradient norm."""
-        return math.isfinite(loss) and bool(torch.isfinite(grad_norm))
+        """Whether this update may reach the weights: a finite loss and gradient norm on every rank
+        (one rank's NaN skips the step everywhere, so replicas stay equal and count the same skips)."""
+        finite = math.isfinite(loss) and bool(torch.isfinite(self.parallel.full_tensor(grad_norm)))
+        return not self.comm.any(not finite)
 
     def _set_learning_rate(self) -> None:
         """``lr * min(1, (u + 1) / warmup_steps)`` for the ``u``-th applied update (counted by the
@@ -165,23 +209,28 @@ class Learner:
     def _metrics(
         self, batch: RolloutBatch, result: SelectionResult, losses: dict[str, float], grad_norm: float, device: torch.device
     ) -> dict[str, float]:
-        real_chunks = int(batch.lengths.sum())
-        kept_chunks = int(result.selection.keep.sum())
-        uniform = uniform_groups(batch.rewards, batch.group_index)
+        """The step's metrics, of the global batch where they describe it (success, kept chunks,
+        loss); activation bytes are this rank's."""
+        kept, trajectories, successes, mixed, groups, chunks = self._global_counts.tolist()
+        loss, clipped = self.comm.sum(
+            torch.tensor([losses.get("loss", 0.0), losses.get("clip_fraction", 0.0) * len(result.batch)], dtype=torch.float64)
+        ).tolist()
         metrics = {
-            "success_rate": float(batch.rewards.mean()),
-            "mixed_group_fraction": 1.0 - float(uniform.float().mean()),
-            "entropy": float(batch.entropy[batch.chunk_mask].mean()),  # mean action-token entropy of the rollouts
-            "kept_chunk_fraction": kept_chunks / max(real_chunks, 1),
-            "kept_chunks": float(kept_chunks),
-            "loss": losses.get("loss", 0.0),
-            "clip_fraction": losses.get("clip_fraction", 0.0),
+            "success_rate": successes / max(trajectories, 1),
+            "mixed_group_fraction": mixed / max(groups, 1),
+            "entropy": float(batch.entropy[batch.chunk_mask].mean()),  # mean action-token entropy of this rank's rollouts
+            "kept_chunk_fraction": kept / max(chunks, 1),
+            "kept_chunks": kept,
+            "loss": loss / self.comm.world_size,  # the weights carry a factor W
+            "clip_fraction": clipped / max(kept, 1),
             "grad_norm": grad_norm,
             "learning_rate": float(self.optimizer.param_groups[0]["lr"]),
             "faults/skipped_updates": float(self.skipped_updates),
             "saved_activation_bytes": float(self.meter.total_bytes),
             "peak_saved_activation_bytes": float(self.meter.peak_bytes),
         }
+        if self.comm.active:
+            metrics["ranks"] = float(self.comm.world_size)
         for k, value in enumerate(result.keep_probs.tolist()):
             metrics[f"keep_prob/phase_{k}"] = value
         for k, value in enumerate(result.scores.value.tolist()):

@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from pcm_core import checkpoint, distributed
+from pcm_core.communicator import Communicator
 from pcm_core.algo.grpo import uniform_groups
 from pcm_core.config import ResolvedComponent, RunConfig
 from pcm_core.errors import PcmError
@@ -113,6 +114,17 @@ def evaluate(env: EnvBackend, policy: PolicyBackend, config: RunConfig) -> float
             batch = collect(env, policy, groups, 1, generator, greedy=config.train.eval_greedy)
         successes.extend(batch.rewards.tolist()[: episodes - start])
     return float(np.mean(successes))
+
+
+def rollout_workers(
+    local: RunConfig, components: dict[str, ResolvedComponent], policy: PolicyBackend, log: Callable[[str], Any] = print
+) -> Any:
+    """Ray rollout actors for this rank when ``distributed.rollout_workers > 0`` (else None)."""
+    if local.distributed.rollout_workers == 0:
+        return None
+    from pcm_core.ray_rollouts import RayRollouts
+
+    return RayRollouts(local, components, policy, log=log)
 
 
 def build(components: dict[str, ResolvedComponent], config: RunConfig, device: torch.device) -> dict[str, Any]:
@@ -280,7 +292,7 @@ def train(
             )
         run_dir.mkdir(parents=True, exist_ok=True)
     else:
-        run_dir = distributed.broadcast_object(_new_run_dir(Path(config.train.output_dir)) if context.is_main else None, context)
+        run_dir = Communicator(context).broadcast(_new_run_dir(Path(config.train.output_dir)) if context.is_main else None)
     parts = build(components, local, device)
     env, policy = parts["env"], parts["policy"]
     hooks = get_registry().hook()
@@ -295,9 +307,11 @@ def train(
         learner = distributed.make_learner(context, config, policy, parts["segmenter"], parts["proxy"], parts["sampler"])
         first_step = 1
         if resume is not None:
-            distributed.before_restore(resume, learner)
+            learner.parallel.before_restore(resume, learner.optimizer)
             restore(resume, learner, env, rng, generator)
-            distributed.after_restore(learner, rng, generator, local, resume.step, context)
+            learner.parallel.gather_for_rollouts()
+            if context.active:
+                distributed.reseed_rollouts(rng, generator, local, resume.step)
             result.history = list(resume.state["history"])
             first_step = resume.step + 1
             console.print(f"resuming {run_dir} from step {resume.step}")
@@ -314,11 +328,11 @@ def train(
             console.print(f"warm start eval success: {initial['eval_success_rate']:.2f}")
         evals = [row["eval_success_rate"] for row in result.history if "eval_success_rate" in row]
         last_batch = None
-        rollouts = distributed.rollout_workers(local, components, policy, log=console.print)
+        rollouts = rollout_workers(local, components, policy, log=console.print)
 
         def save(step: int) -> Path:
-            saved = distributed.full_tensors(capture(step, config, learner, env, rng, generator, result.history, tracker.run_id), context)
-            distributed.gather_for_rollouts(learner)
+            saved = learner.parallel.full_tensors(capture(step, config, learner, env, rng, generator, result.history, tracker.run_id))
+            learner.parallel.gather_for_rollouts()
             if not context.is_main:  # rank 0 writes the checkpoint
                 return run_dir / checkpoint.CHECKPOINTS / f"step_{step:06d}"
             return checkpoint.save(run_dir, saved, keep=config.train.keep_checkpoints)
@@ -338,7 +352,7 @@ def train(
                 metrics["faults/dropped_trajectories"] = float(last_batch.dropped)
                 if rollouts is not None:  # the new weights go to the rollout actors
                     metrics.update(rollouts.publish(policy))
-                    distributed.gather_for_rollouts(learner)
+                    learner.parallel.gather_for_rollouts()
                 metrics.update(timer.metrics())
                 metrics["time/step_s"] = sum(timer.seconds.values())
                 every = config.train.eval_every
@@ -358,7 +372,8 @@ def train(
                         f"Fix: lower train.lr or train.max_grad_norm, then: pcm-run --resume {path}"
                     )
                 # read once: a signal arriving after this point waits for the next step, on every rank alike
-                stopping = distributed.shared_stop(stop.signal, context)
+                anyone = learner.comm.any(stop.signal is not None)  # a collective: every rank calls it
+                stopping = stop.signal or ("SIGTERM" if anyone else None)
                 every = config.train.checkpoint_every
                 if stopping is not None or (every and step % every == 0) or step == config.train.steps:
                     path = save(step)
@@ -371,7 +386,7 @@ def train(
             console.print(f"stopped by {stopping} after step {step}; checkpoint: {path}", soft_wrap=True)
             console.print(f"resume with: pcm-run --resume {path}", soft_wrap=True, markup=False, highlight=False)
             return result
-        distributed.release(learner)
+        learner.parallel.release()
         if context.is_main:
             _write_artifacts(result, policy, last_batch, tracker)
         hooks.pcm_on_run_end(summary={"run_dir": str(run_dir), "history": result.history, "stopped": False})

@@ -21,8 +21,6 @@ def zero_weighted_full_batch(batch: RolloutBatch, learner, result) -> CompactBat
     """Every real chunk of ``batch``, weighted as ``result`` weighs its kept chunks and 0 elsewhere."""
     advantages = group_advantages(batch.rewards, batch.group_index)
     every = Selection(keep=batch.chunk_mask.clone(), inclusion_prob=batch.chunk_mask.double())
-    full = compact(batch, every, advantages, "masked", learner.train.loss_aggregation)
-    weight = torch.zeros(batch.chunk_mask.shape, dtype=full.weights.dtype)
+    weight = torch.zeros(batch.chunk_mask.shape, dtype=result.batch.weights.dtype)
     weight[result.batch.trajectory, result.batch.chunk] = result.batch.weights
-    full.weights = weight[full.trajectory, full.chunk]
-    return full
+    return compact(batch, every, advantages, weight[batch.chunk_mask])

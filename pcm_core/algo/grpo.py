@@ -1,15 +1,23 @@
-"""GRPO: group-relative advantages and the PPO-clip token loss (clip-higher, optional k3 KL).
+"""The whole loss: group-relative advantages, the chunk weights (aggregation and estimator) and the
+PPO-clip token loss (clip-higher, optional k3 KL).
 
 Shapes: ``N`` trajectories, ``M`` groups, ``C`` chunks in a (compact) batch, ``L`` tokens per chunk.
-The loss is always ``sum_c weights_c * sum_l token_loss_{c,l}``: the caller's per-chunk weights
-carry the whole normalisation (token mean, sequence mean, importance weights), so summing the
-losses of micro-batches gives the loss of the full batch.
+The loss is always ``sum_c weights_c * sum_l token_loss_{c,l}``: the per-chunk weights of
+:func:`chunk_weights` carry the whole normalisation (token mean, sequence mean, importance
+weights), so summing the losses of micro-batches, or of ranks, gives the loss of the full batch.
 """
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import Tensor
+
+from pcm_core.types import Selection
+
+Estimator = Literal["masked", "iw"]
+Aggregation = Literal["token_mean", "seq_mean", "traj_sum"]
 
 
 def _group_ids(group_index: Tensor) -> tuple[Tensor, int]:
@@ -58,6 +66,64 @@ def group_advantages(rewards: Tensor, group_index: Tensor, eps: float = 1e-6) ->
     std = (squares / (size - 1).clamp(min=1)).sqrt()[dense]  # std_m R (unbiased)  [N]
     advantages = (rewards - mean) / (std + eps)  # A_i  [N]
     return torch.where(uniform_groups(rewards, group_index)[dense], torch.zeros_like(advantages), advantages)
+
+
+def chunk_weights(
+    selection: Selection,
+    lengths: Tensor,
+    tokens_per_chunk: int,
+    estimator: Estimator = "masked",
+    aggregation: Aggregation = "token_mean",
+    num_trajectories: int | None = None,
+    num_kept: int | None = None,
+    world_size: int = 1,
+) -> Tensor:
+    """The loss weight ``w_c`` of every kept chunk, in the order of ``selection.keep.nonzero()``.
+
+    For trajectory ``i`` of ``T_i`` chunks with ``kept_i`` kept, ``N`` trajectories, ``C`` kept
+    chunks and ``L`` tokens per chunk:
+
+    - ``masked`` + ``token_mean``: ``w = 1 / (L * C)``, the mean over all kept tokens;
+    - ``masked`` + ``seq_mean``: ``w = 1 / (N * L * kept_i)``, the mean over trajectories of each
+      trajectory's kept-token mean;
+    - ``masked`` + ``traj_sum``: ``w = 1 / (N * L * T_i)``, each trajectory's kept-token sum over
+      its full token count;
+    - ``iw`` (Horvitz-Thompson): ``w = 1 / (N * L * T_i * pi_t)`` whatever ``aggregation`` says:
+      the unbiased estimator of the ``traj_sum`` GRPO loss (equal to it when every ``pi_t = 1``)
+      as long as every real chunk has ``pi_t > 0``; chunks a sampler never draws (``topk``, or a
+      phase with ``q_k = 0`` when the exploration floor is off) are missing from its expectation.
+
+    With every chunk kept, ``masked`` is plain GRPO with the same aggregation.
+
+    Args:
+        selection: ``keep`` and ``inclusion_prob`` ``[N_r, T]`` of this process's trajectories.
+        lengths: ``[N_r]`` real chunks ``T_i``.
+        num_trajectories, num_kept: ``N`` and ``C`` of the global batch (all ranks); default: this batch's.
+        world_size: ranks whose gradients are averaged (DDP / FSDP); the weights carry this factor,
+            so the average of the ranks' gradients is the gradient of the one-process loss.
+
+    Returns:
+        ``[C_r]`` float64 weights.
+    """
+    traj, chunk = selection.keep.nonzero(as_tuple=True)  # source of each kept chunk  [C_r], [C_r]
+    num_trajectories = selection.keep.shape[0] if num_trajectories is None else num_trajectories  # N
+    num_kept = traj.numel() if num_kept is None else num_kept  # C
+    length = lengths.to(torch.float64)[traj]  # T_i  [C_r]
+    if estimator == "iw":
+        pi = selection.inclusion_prob.to(torch.float64)[traj, chunk]  # pi_t  [C_r]
+        weights = 1.0 / (num_trajectories * tokens_per_chunk * length) / pi  # 1 / (N L T_i pi_t)
+    elif estimator != "masked":
+        raise ValueError(f"unknown estimator '{estimator}' (expected 'masked' or 'iw')")
+    elif aggregation == "token_mean":
+        weights = torch.full_like(length, 1.0 / (tokens_per_chunk * max(num_kept, 1)))  # 1 / (L C)
+    elif aggregation == "seq_mean":
+        kept = selection.keep.sum(1).to(torch.float64)[traj]  # kept_i  [C_r]
+        weights = 1.0 / (num_trajectories * tokens_per_chunk * kept)  # 1 / (N L kept_i)
+    elif aggregation == "traj_sum":
+        weights = 1.0 / (num_trajectories * tokens_per_chunk * length)  # 1 / (N L T_i)
+    else:
+        raise ValueError(f"unknown aggregation '{aggregation}' (expected token_mean, seq_mean or traj_sum)")
+    return weights * world_size
 
 
 def ppo_clip_token_loss(

@@ -1,4 +1,5 @@
-"""PCM: phase keep-probabilities, fixed-budget chunk sampling, compaction and estimator weights.
+"""PCM: phase keep-probabilities, fixed-budget chunk sampling and compaction (the loss weights of
+the kept chunks are in :mod:`pcm_core.algo.grpo`, beside the loss).
 
 Shapes: ``N`` trajectories, ``T`` chunks (padded), ``P`` phases, ``L`` tokens per chunk,
 ``C`` kept chunks. Steps refer to ``docs/algorithm.md``.
@@ -11,10 +12,9 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from pcm_core.interfaces import BudgetSampler
 from pcm_core.types import CompactBatch, PhaseScores, RolloutBatch, Selection
 
-Estimator = Literal["masked", "iw"]
-Aggregation = Literal["token_mean", "seq_mean", "traj_sum"]
 BudgetScaling = Literal["fixed", "length"]
 
 
@@ -191,53 +191,41 @@ def select_chunks(
     return Selection(keep=keep, inclusion_prob=inclusion)
 
 
-def compact(
-    batch: RolloutBatch,
-    selection: Selection,
-    advantages: Tensor,
-    estimator: Estimator = "masked",
-    aggregation: Aggregation = "token_mean",
-) -> CompactBatch:
-    """Gather only the kept chunks (trajectory-major, time order) and set their estimator weights.
+def select_per_trajectory(
+    sampler: BudgetSampler, phases: Tensor, lengths: Tensor, keep_probs: Tensor, budgets: Tensor, seeds: Tensor
+) -> Selection:
+    """Run ``sampler`` on each trajectory alone, trajectory ``i`` with a generator seeded by
+    ``seeds[i]``: its kept chunks depend on its own seed only, not on which other trajectories
+    share the batch (or the rank).
 
-    The loss is ``sum_c w_c * sum_l token_loss_{c,l}`` with, for trajectory ``i`` of ``T_i`` chunks,
-    ``kept_i`` kept chunks, ``N`` trajectories and ``L`` tokens per chunk:
+    Args:
+        phases: ``[N, T]``; lengths, budgets (``B_i``) and seeds: ``[N]`` long; keep_probs: ``[P]``.
 
-    - ``masked`` + ``token_mean``: ``w = 1 / (L * C)``, the mean over all kept tokens;
-    - ``masked`` + ``seq_mean``: ``w = 1 / (N * L * kept_i)``, the mean over trajectories of each
-      trajectory's kept-token mean;
-    - ``masked`` + ``traj_sum``: ``w = 1 / (N * L * T_i)``, each trajectory's kept-token sum over
-      its full token count;
-    - ``iw`` (Horvitz-Thompson): ``w = 1 / (N * L * T_i * pi_t)`` whatever ``aggregation`` says:
-      the unbiased estimator of the ``traj_sum`` GRPO loss (equal to it when every ``pi_t = 1``)
-      as long as every real chunk has ``pi_t > 0``; chunks a sampler never draws (``topk``, or a
-      phase with ``q_k = 0`` when the exploration floor is off) are missing from its expectation.
+    Returns:
+        ``keep`` and ``inclusion_prob`` ``[N, T]``.
+    """
+    keeps, probs = [torch.zeros(0, phases.shape[1], dtype=torch.bool)], [torch.zeros(0, phases.shape[1], dtype=torch.float64)]
+    for i, seed in enumerate(seeds.tolist()):
+        generator = torch.Generator().manual_seed(int(seed))
+        part = sampler.select(phases[i : i + 1], lengths[i : i + 1], keep_probs, budgets[i : i + 1], generator)
+        keeps.append(part.keep)
+        probs.append(part.inclusion_prob.to(torch.float64))
+    return Selection(keep=torch.cat(keeps), inclusion_prob=torch.cat(probs))
 
-    With every chunk kept, ``masked`` is plain GRPO with the same aggregation.
+
+def compact(batch: RolloutBatch, selection: Selection, advantages: Tensor, weights: Tensor) -> CompactBatch:
+    """Gather only the kept chunks, trajectory-major in time order (the order of
+    ``selection.keep.nonzero()``), with their advantages and loss weights.
 
     Args:
         batch: the rollouts ``[N, T, ...]``.
-        selection: ``keep`` and ``inclusion_prob`` ``[N, T]``.
+        selection: ``keep`` ``[N, T]``.
         advantages: ``[N]`` trajectory advantages.
+        weights: ``[C]`` each kept chunk's loss weight, from :func:`pcm_core.algo.grpo.chunk_weights`.
     """
     traj, chunk = selection.keep.nonzero(as_tuple=True)  # source of each kept chunk  [C], [C]
-    num_traj = batch.num_trajectories  # N
-    tokens_per_chunk = batch.tokens.shape[-1]  # L
-    lengths = batch.lengths.to(torch.float64)[traj]  # T_i  [C]
-    if estimator == "iw":
-        pi = selection.inclusion_prob.to(torch.float64)[traj, chunk]  # pi_t  [C]
-        weights = 1.0 / (num_traj * tokens_per_chunk * lengths) / pi  # 1 / (N L T_i pi_t)
-    elif estimator != "masked":
-        raise ValueError(f"unknown estimator '{estimator}' (expected 'masked' or 'iw')")
-    elif aggregation == "token_mean":
-        weights = torch.full_like(lengths, 1.0 / (tokens_per_chunk * max(traj.numel(), 1)))  # 1 / (L C)
-    elif aggregation == "seq_mean":
-        kept = selection.keep.sum(1).to(torch.float64)[traj]  # kept_i  [C]
-        weights = 1.0 / (num_traj * tokens_per_chunk * kept)  # 1 / (N L kept_i)
-    elif aggregation == "traj_sum":
-        weights = 1.0 / (num_traj * tokens_per_chunk * lengths)  # 1 / (N L T_i)
-    else:
-        raise ValueError(f"unknown aggregation '{aggregation}' (expected token_mean, seq_mean or traj_sum)")
+    if weights.numel() != traj.numel():
+        raise ValueError(f"compact got {weights.numel()} weights for {traj.numel()} kept chunks")
     return CompactBatch(
         obs={key: value[traj, chunk] for key, value in batch.obs.items()},
         instructions=[batch.instructions[i] for i in traj.tolist()],
@@ -248,3 +236,36 @@ def compact(
         trajectory=traj,
         chunk=chunk,
     )
+
+
+def balanced_parts(batch: CompactBatch, num_parts: int) -> list[CompactBatch]:
+    """``batch`` cut into ``num_parts`` contiguous micro-batches of near-equal size. A batch with
+    fewer than ``num_parts`` chunks (one rank's share, when another rank kept more) repeats its
+    first chunk with weight 0, so that every rank runs the same number of forwards.
+
+    Args:
+        batch: ``C`` kept chunks; num_parts: at least 1 when ``C > 0``.
+    """
+    size = len(batch)
+    if num_parts == 0:
+        return []
+    if size == 0:
+        raise ValueError(
+            "this rank's budget sampler kept no chunk, so it has nothing to run its share of the backward passes on.\n"
+            "Fix: make the sampler keep at least one chunk of every trajectory (pcm.sampler, pcm.budget)"
+        )
+    if size < num_parts:
+        index = torch.cat([torch.arange(size), torch.zeros(num_parts - size, dtype=torch.long)])
+        weights = torch.cat([batch.weights, torch.zeros(num_parts - size, dtype=batch.weights.dtype)])
+        batch = CompactBatch(
+            obs={key: value[index] for key, value in batch.obs.items()},
+            instructions=[batch.instructions[i] for i in index.tolist()],
+            tokens=batch.tokens[index],
+            old_logprobs=batch.old_logprobs[index],
+            advantages=batch.advantages[index],
+            weights=weights,
+            trajectory=batch.trajectory[index],
+            chunk=batch.chunk[index],
+        )
+    bounds = torch.arange(len(batch)).tensor_split(num_parts)
+    return [batch.slice(int(b[0]), int(b[-1]) + 1) for b in bounds]

@@ -2,10 +2,9 @@
 
 import pytest
 import torch
-from tiny_policy import TinyPolicy, make_batch, naive_grpo_loss
+from tiny_policy import TinyPolicy, make_batch, naive_grpo_loss, weighted_compact
 
 from pcm_core.algo.grpo import group_advantages
-from pcm_core.algo.pcm import compact
 from pcm_core.errors import ConfigError
 from pcm_core.registry import get_registry
 
@@ -142,7 +141,7 @@ def test_budget_at_least_length_is_grpo_bit_for_bit(batch, name, estimator, aggr
     assert torch.equal(selection.keep, batch.chunk_mask)
     assert torch.equal(selection.inclusion_prob, batch.chunk_mask.to(torch.float64))
     policy = TinyPolicy()
-    loss, grad = policy.loss_and_grad(compact(batch, selection, advantages, estimator, aggregation))
+    loss, grad = policy.loss_and_grad(weighted_compact(batch, selection, advantages, estimator, aggregation))
     policy.zero_grad()
     reference = naive_grpo_loss(policy, batch, advantages, "traj_sum" if estimator == "iw" else aggregation)
     reference.backward()
@@ -151,5 +150,5 @@ def test_budget_at_least_length_is_grpo_bit_for_bit(batch, name, estimator, aggr
     assert torch.allclose(grad, reference_grad, rtol=0, atol=1e-12)
     if name != "all":
         grpo = build("sampler", "all").select(phases, batch.lengths, KEEP_PROBS, budget)
-        grpo_loss, grpo_grad = TinyPolicy().loss_and_grad(compact(batch, grpo, advantages, estimator, aggregation))
+        grpo_loss, grpo_grad = TinyPolicy().loss_and_grad(weighted_compact(batch, grpo, advantages, estimator, aggregation))
         assert torch.equal(loss, grpo_loss) and torch.equal(grad, grpo_grad)

@@ -4,11 +4,11 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tiny_policy import TinyPolicy, make_batch, naive_grpo_loss
+from tiny_policy import TinyPolicy, make_batch, naive_grpo_loss, weighted_compact
 
 from pcm_core.algo.grpo import group_advantages
 from pcm_core.algo.pcm import (
-    KeepProbabilities, compact, inclusion_probabilities, sample_exact, select_chunks, trajectory_budgets,
+    KeepProbabilities, inclusion_probabilities, sample_exact, select_chunks, trajectory_budgets,
 )
 from pcm_core.types import PhaseScores, Selection
 
@@ -173,7 +173,7 @@ def everything(batch) -> Selection:
 def test_compact_gathers_kept_chunks_only(batch):
     selection = select_chunks(torch.ones(batch.chunk_mask.shape), batch.lengths, 2, torch.Generator().manual_seed(0))
     advantages = group_advantages(batch.rewards, batch.group_index)
-    out = compact(batch, selection, advantages)
+    out = weighted_compact(batch, selection, advantages)
     assert len(out) == 12  # 6 trajectories x 2
     assert torch.equal(out.obs["feature"], batch.obs["feature"][out.trajectory, out.chunk])
     assert torch.equal(out.tokens, batch.tokens[out.trajectory, out.chunk])
@@ -191,7 +191,7 @@ def test_compact_weights_by_hand():
     advantages = torch.tensor([1.0, -1.0], dtype=torch.float64)
 
     def weights(estimator, aggregation):
-        return compact(batch, selection, advantages, estimator, aggregation).weights.tolist()
+        return weighted_compact(batch, selection, advantages, estimator, aggregation).weights.tolist()
 
     assert weights("masked", "token_mean") == pytest.approx([1 / 6] * 3)  # 1 / (L C) = 1 / (2 * 3)
     assert weights("masked", "seq_mean") == pytest.approx([1 / 8, 1 / 8, 1 / 4])  # 1 / (N L kept_i): 1/(2*2*2), 1/(2*2*1)
@@ -205,7 +205,7 @@ def test_compact_weights_by_hand():
 def test_keeping_everything_is_plain_grpo(batch, aggregation):
     advantages = group_advantages(batch.rewards, batch.group_index)
     policy = TinyPolicy()
-    loss, grad = policy.loss_and_grad(compact(batch, everything(batch), advantages, "masked", aggregation))
+    loss, grad = policy.loss_and_grad(weighted_compact(batch, everything(batch), advantages, "masked", aggregation))
     policy.zero_grad()
     reference = naive_grpo_loss(policy, batch, advantages, aggregation)
     reference.backward()
@@ -214,7 +214,7 @@ def test_keeping_everything_is_plain_grpo(batch, aggregation):
     assert torch.allclose(grad, reference_grad, rtol=0, atol=1e-12)
     # iw with pi = 1 is traj_sum GRPO, bit for bit
     if aggregation == "traj_sum":
-        iw_loss, iw_grad = policy.loss_and_grad(compact(batch, everything(batch), advantages, "iw", aggregation))
+        iw_loss, iw_grad = policy.loss_and_grad(weighted_compact(batch, everything(batch), advantages, "iw", aggregation))
         assert torch.equal(iw_loss, loss) and torch.equal(iw_grad, grad)
 
 
@@ -223,8 +223,8 @@ def test_compacted_batch_equals_full_batch_with_zero_weights(batch, estimator, a
     weights = torch.rand(batch.chunk_mask.shape, generator=torch.Generator().manual_seed(3))
     selection = select_chunks(weights, batch.lengths, 3, torch.Generator().manual_seed(4))
     advantages = group_advantages(batch.rewards, batch.group_index)
-    kept = compact(batch, selection, advantages, estimator, aggregation)
-    full = compact(batch, everything(batch), advantages, estimator, aggregation)  # every real chunk
+    kept = weighted_compact(batch, selection, advantages, estimator, aggregation)
+    full = weighted_compact(batch, everything(batch), advantages, estimator, aggregation)  # every real chunk
     chunk_weight = torch.zeros(batch.chunk_mask.shape, dtype=torch.float64)
     chunk_weight[kept.trajectory, kept.chunk] = kept.weights
     full.weights = chunk_weight[full.trajectory, full.chunk]  # dropped chunks weigh 0
@@ -243,7 +243,7 @@ def test_iw_is_unbiased_and_masked_has_lower_variance():
     chunk_weights = torch.tensor([0.6, 0.3, 0.1])[phases]
     policy = TinyPolicy()
     # the loss is linear in the chunk weights: per-chunk gradients g [N*T, params] give every estimate as W @ g
-    everything_batch = compact(batch, everything(batch), advantages, "masked", "traj_sum")
+    everything_batch = weighted_compact(batch, everything(batch), advantages, "masked", "traj_sum")
     per_chunk = []
     for c in range(len(everything_batch)):
         one = everything_batch.slice(c, c + 1)
@@ -257,7 +257,7 @@ def test_iw_is_unbiased_and_masked_has_lower_variance():
     # exact: pi_t times the iw weight of chunk t is its traj_sum weight, for every real chunk, so
     # E[iw weight 1{t kept}] = traj_sum weight (given P(t kept) = pi_t, checked above)
     pi = select_chunks(chunk_weights, batch.lengths, 2, torch.Generator().manual_seed(0)).inclusion_prob
-    all_iw = compact(batch, Selection(keep=batch.chunk_mask, inclusion_prob=pi), advantages, "iw")
+    all_iw = weighted_compact(batch, Selection(keep=batch.chunk_mask, inclusion_prob=pi), advantages, "iw")
     assert torch.equal(all_iw.trajectory, everything_batch.trajectory) and torch.equal(all_iw.chunk, everything_batch.chunk)
     assert bool((pi[batch.chunk_mask] < 1).all())  # nothing is kept for sure: the weights differ from traj_sum
     exact = pi[all_iw.trajectory, all_iw.chunk] * all_iw.weights
@@ -270,8 +270,8 @@ def test_iw_is_unbiased_and_masked_has_lower_variance():
     for d in range(draws):
         selection = select_chunks(chunk_weights, batch.lengths, 2, gen)
         assert torch.equal(selection.inclusion_prob, pi)
-        iw = compact(batch, selection, advantages, "iw")
-        masked = compact(batch, selection, advantages, "masked", "token_mean")
+        iw = weighted_compact(batch, selection, advantages, "iw")
+        masked = weighted_compact(batch, selection, advantages, "masked", "token_mean")
         iw_w[d, slot[iw.trajectory, iw.chunk]] = iw.weights
         masked_w[d, slot[masked.trajectory, masked.chunk]] = masked.weights
     assert torch.allclose(policy.loss_and_grad(iw)[1], iw_w[-1] @ g, atol=1e-12)  # linearity check on one draw

@@ -3,8 +3,9 @@
 import torch
 from torch import Tensor, nn
 
-from pcm_core.algo.grpo import policy_loss, ppo_clip_token_loss
-from pcm_core.types import CompactBatch, RolloutBatch
+from pcm_core.algo.grpo import chunk_weights, policy_loss, ppo_clip_token_loss
+from pcm_core.algo.pcm import compact
+from pcm_core.types import CompactBatch, RolloutBatch, Selection
 
 FEATURES, TOKENS, VOCAB = 2, 2, 2  # per-chunk feature size, L, V
 
@@ -80,3 +81,11 @@ def naive_grpo_loss(policy, batch, advantages, aggregation):
         return token_loss.sum() / token_loss.numel()
     per_trajectory = torch.zeros(n, dtype=token_loss.dtype).index_add(0, real.nonzero()[:, 0], token_loss.sum(1))
     return (per_trajectory / (batch.lengths * length)).mean()  # seq_mean = traj_sum when nothing is dropped
+
+
+def weighted_compact(
+    batch: RolloutBatch, selection: Selection, advantages: Tensor, estimator: str = "masked", aggregation: str = "token_mean"
+) -> CompactBatch:
+    """The kept chunks of one process's batch with their loss weights (what the learner builds)."""
+    weights = chunk_weights(selection, batch.lengths, batch.tokens.shape[-1], estimator, aggregation)
+    return compact(batch, selection, advantages, weights)

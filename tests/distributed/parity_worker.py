@@ -10,6 +10,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "algo"))
 from tiny_policy import TinyBackend, make_batch  # noqa: E402
 
+from benchmarks.common import group_shard  # noqa: E402
 from pcm_core.config import PCMConfig, TrainConfig  # noqa: E402
 from pcm_core.profiling import StepTimer  # noqa: E402
 from pcm_phases.proxies import SuccessFailureProxy  # noqa: E402
@@ -33,32 +34,47 @@ def parts(sampler: str):
     return segmenter, proxy, chosen, pcm, train
 
 
+def rank_learner(rank: int, world_size: int, strategy: str, segmenter, proxy, chosen, pcm, train):
+    """The learner of one rank: a communicator over the process group and the ``strategy``."""
+    from pcm_core.communicator import Communicator, Context
+    from pcm_core.learner import Learner
+    from pcm_core.parallel import STRATEGIES
+
+    comm = Communicator(Context(rank, world_size, rank, active=True))
+    return Learner(TinyBackend(), segmenter, proxy, chosen, pcm, train, comm, STRATEGIES[strategy]())
+
+
 def train_steps(learner, shard) -> dict:
-    """``STEPS`` updates; returns losses, q after each step and the final flat parameters."""
-    losses, qs = [], []
+    """``STEPS`` updates; returns losses, q and the kept-chunk masks of each step, and the final
+    flat parameters."""
+    losses, qs, masks = [], [], []
+    select = learner.select
+
+    def recording_select(batch):
+        result = select(batch)
+        masks.append(result.selection.keep.clone())
+        return result
+
+    learner.select = recording_select
     for step in range(STEPS):
         batch = global_batch(step)
         metrics = learner.update(shard(batch), StepTimer())
         losses.append(metrics["loss"])
         qs.append(learner.keep_probs.q.clone())
     params = torch.cat([p.detach().flatten() for p in learner.policy.module.parameters()])
-    return {"loss": losses, "q": torch.stack(qs), "params": params}
+    return {"loss": losses, "q": torch.stack(qs), "params": params, "keep": masks}
 
 
 def run_rank(rank: int, world_size: int, sampler: str, strategy: str, folder: str) -> None:
     """Entry point for ``torch.multiprocessing.spawn``: writes ``rank_<r>.pt`` into ``folder``."""
     import torch.distributed as dist
 
-    from pcm_core.distributed import Context, DistributedLearner, group_shard
-
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=world_size)
-    context = Context(rank, world_size, rank, active=True)
-    segmenter, proxy, chosen, pcm, train = parts(sampler)
-    learner = DistributedLearner(TinyBackend(), segmenter, proxy, chosen, pcm, train, context, strategy)
+    learner = rank_learner(rank, world_size, strategy, *parts(sampler))
     result = train_steps(learner, lambda b: b.select_trajectories(group_shard(b.group_index, rank, world_size)))
     if strategy == "fsdp":
-        result["params"] = torch.cat([p.detach().flatten() for p in learner.wrapper.parameters()])
+        result["params"] = torch.cat([p.detach().flatten() for p in learner.parallel.wrapper.parameters()])
     torch.save(result, f"{folder}/rank_{rank}.pt")
     dist.destroy_process_group()
 
@@ -67,11 +83,9 @@ def run_rank_with_a_nan(rank: int, world_size: int, folder: str) -> None:
     """Like :func:`run_rank` (DDP, pcm), but rank 1's first update reports a NaN loss."""
     import torch.distributed as dist
 
-    from pcm_core.distributed import Context, DistributedLearner, group_shard
-
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=world_size)
-    learner = DistributedLearner(TinyBackend(), *parts("pcm"), Context(rank, world_size, rank, active=True), "ddp")
+    learner = rank_learner(rank, world_size, "ddp", *parts("pcm"))
     if rank == 1:
         backward, calls = learner.backward, []
 

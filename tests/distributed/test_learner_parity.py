@@ -41,12 +41,20 @@ def test_two_ranks_match_one_process(tmp_path, sampler, strategy):
     assert (one["q"][-1] - 1 / 3).abs().max() > 1e-3
 
 
-def test_all_sampler_matches_the_plain_learner(tmp_path):
-    """With every chunk kept there is no sampling: two ranks equal the single-process Learner."""
-    plain = parity_worker.run_single("all")
-    first, second = _spawn(tmp_path, 2, "all", "ddp")
+@pytest.mark.parametrize("sampler", ["all", "pcm"])
+def test_two_ranks_keep_the_chunks_of_the_plain_learner(tmp_path, sampler):
+    """The one-process learner and two gloo ranks keep the same chunks of every trajectory (masks
+    are drawn per trajectory from its global index) and make the same updates."""
+    plain = parity_worker.run_single(sampler)
+    first, second = _spawn(tmp_path, 2, sampler, "ddp")
+    for step in range(parity_worker.STEPS):
+        assert torch.equal(torch.cat([first["keep"][step], second["keep"][step]]), plain["keep"][step])
+    if sampler == "pcm":  # the masks really are sampled: some chunks dropped, not the same in each step
+        assert not bool(plain["keep"][0].all())
+        assert not torch.equal(plain["keep"][0], plain["keep"][1])
     _assert_same(first, plain)
     _assert_same(second, plain)
+    assert (first["params"] - plain["params"]).abs().max() < 1e-6
 
 
 def test_a_nan_on_one_rank_skips_the_update_on_every_rank(tmp_path):
