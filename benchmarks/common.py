@@ -17,7 +17,8 @@ from rich.console import Console
 from pcm_core.config import RunConfig, load_config, resolve_components
 from pcm_core.learner import Learner, SelectionResult
 from pcm_core.rollout import GroupSpec, collect
-from pcm_core.runner import EVAL_INIT_OFFSET, RunResult, resolve_device, seed_everything, train
+from pcm_core.collectors import EVAL_INIT_OFFSET
+from pcm_core.runner import RunResult, resolve_device, seed_everything, train
 from pcm_core.types import CompactBatch, RolloutBatch
 
 REPO = Path(__file__).resolve().parent.parent

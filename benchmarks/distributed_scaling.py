@@ -51,15 +51,15 @@ def _overrides(s: dict[str, Any], workers: int = 0) -> list[str]:
 
 def rollout_throughput(s: dict[str, Any]) -> dict[str, Any]:
     """Env steps per second for each number of rollout workers (0 = in the training process)."""
+    from pcm_core.collectors import Collector
     from pcm_core.config import resolve_components
-    from pcm_core.rollout import collect
-    from pcm_core.runner import collect_step
 
     rows: dict[str, Any] = {}
     for workers in s["workers"]:
         config = config_for("pcm", s["budget"], s["size"], overrides=_overrides(s, workers))
         policy = build_policy(config, torch.device("cpu"))
         env = build_env(config, s["groups"] * s["group_size"])
+        rng, generator = np.random.default_rng(s["seed"]), torch.Generator().manual_seed(s["seed"])
         rollouts = None
         if workers:
             try:
@@ -68,16 +68,15 @@ def rollout_throughput(s: dict[str, Any]) -> dict[str, Any]:
                 rows[str(workers)] = {"skipped": "ray is not installed (pip install 'pcm-vla[distributed]')"}
                 continue
             try:
-                rollouts = RayRollouts(config, resolve_components(config), policy, log=lambda _: None)
+                rollouts = RayRollouts(env, policy, config, rng, generator, resolve_components(config), log=lambda _: None)
             except Exception as exc:  # noqa: BLE001 - e.g. Ray missing: reported, not fatal
                 rows[str(workers)] = {"skipped": f"{type(exc).__name__}: {str(exc).splitlines()[0]}"}
                 continue
-        rng, generator = np.random.default_rng(s["seed"]), torch.Generator().manual_seed(s["seed"])
-        collector = rollouts.collect if rollouts else collect
+        collector = rollouts or Collector(env, policy, config, rng, generator)
         seconds, env_steps = [], []
         for repeat in range(s["repeats"] + 1):  # the first is a warm-up
             start = time.perf_counter()
-            batch = collect_step(env, policy, config, rng, generator, collector)
+            batch = collector.step_batch()
             elapsed = time.perf_counter() - start
             if repeat:
                 seconds.append(elapsed)

@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import json
 import sys
-import types
-import typing
 from pathlib import Path
 
 import annotated_types
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from pcm_core.config import RunConfig
+from pcm_core.config import RunConfig, render_type
 
 OUTPUT = Path(__file__).with_name("configuration.md")
 
@@ -104,20 +102,6 @@ def _section_model(field: FieldInfo) -> type[BaseModel] | None:
     return None
 
 
-def render_type(annotation: object) -> str:
-    """``Literal['a', 'b']`` -> ``"a" | "b"``, ``str | None`` -> ``str | null``, ``dict[...]`` -> ``mapping``."""
-    origin = typing.get_origin(annotation)
-    if origin is typing.Literal:
-        return " \\| ".join(json.dumps(a) for a in typing.get_args(annotation))
-    if origin in (typing.Union, types.UnionType):
-        return " \\| ".join(render_type(a) for a in typing.get_args(annotation))
-    if origin is dict or annotation is dict:
-        return "mapping"
-    if annotation is type(None):
-        return "null"
-    return getattr(annotation, "__name__", str(annotation))
-
-
 def render_limits(field: FieldInfo) -> str:
     parts = []
     for meta in field.metadata:
@@ -143,9 +127,8 @@ def render_section(model: type[BaseModel], prefix: str) -> list[str]:
             continue
         default = json.dumps(field.get_default(call_default_factory=True))
         description = (field.description or "").replace("|", "\\|")
-        lines.append(
-            f"| `{prefix}.{name}` | {render_type(field.annotation)} | `{default}` | {render_limits(field)} | {description} |"
-        )
+        kind = render_type(field.annotation, bar=" \\| ")  # a bar inside a markdown table is escaped
+        lines.append(f"| `{prefix}.{name}` | {kind} | `{default}` | {render_limits(field)} | {description} |")
     lines.append("")
     for name, sub in nested:
         lines += render_section(sub, f"{prefix}.{name}")

@@ -16,6 +16,7 @@ from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table
 
+from pcm_core.config import render_type
 from pcm_core.errors import PcmError
 
 app = typer.Typer(
@@ -26,7 +27,6 @@ app = typer.Typer(
     help="Fine-tune VLA policies with GRPO + Probabilistic Chunk Masking.",
 )
 out = Console()
-PLURALS = {"env": "envs", "policy": "policies", "segmenter": "segmenters", "proxy": "variance proxies", "sampler": "budget samplers"}
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
@@ -91,7 +91,7 @@ def run(
 def _describe_options(options: type[BaseModel]) -> str:
     lines = []
     for name, field in options.model_fields.items():
-        annotation = getattr(field.annotation, "__name__", None) or str(field.annotation).replace("typing.", "")
+        annotation = render_type(field.annotation)
         default = "required" if field.is_required() else repr(field.get_default(call_default_factory=True))
         description = f" — {field.description}" if field.description else ""
         lines.append(f"{name}: {annotation} = {default}{description}")
@@ -106,7 +106,7 @@ def plugins() -> None:
 
     registry = get_registry()
     for kind in KINDS:
-        table = Table(title=PLURALS[kind], title_justify="left", show_lines=True)
+        table = Table(title=KINDS[kind].plural, title_justify="left", show_lines=True)
         table.add_column("name", style="bold")
         table.add_column("options")
         table.add_column("provided by")

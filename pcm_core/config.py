@@ -8,12 +8,15 @@ Component options (``env.options``, ``pcm.segmenter_options``, ...) are validate
 from __future__ import annotations
 
 import difflib
+import json
+import types
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from pcm_core.errors import ConfigError
 
@@ -134,6 +137,15 @@ class TrainConfig(Section):
     )
     sft: SFTConfig = Field(default_factory=SFTConfig)
 
+    @model_validator(mode="after")
+    def _clip_higher(self) -> "TrainConfig":
+        if self.clip_high < self.clip_low:
+            raise ValueError(
+                f"'train.clip_high' = {self.clip_high} is below train.clip_low = {self.clip_low}.\n"
+                "Fix: clip-higher needs clip_high >= clip_low"
+            )
+        return self
+
 
 class TrackingConfig(Section):
     enabled: bool = Field(True)
@@ -164,6 +176,34 @@ class RunConfig(Section):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
 
+    @model_validator(mode="after")
+    def _actors_get_whole_groups(self) -> "RunConfig":
+        problem = rank_problem(self, 1)
+        if problem is not None:
+            raise ValueError(problem)
+        return self
+
+
+def rank_problem(config: RunConfig, world: int) -> str | None:
+    """Why a step of ``config`` cannot be split over ``world`` ranks (problem, then fix), or None:
+    every rank trains on whole groups, and every rollout actor of a rank runs whole groups of that
+    rank's share."""
+    groups, workers = config.train.tasks_per_step, config.distributed.rollout_workers
+    ranks = f"{world} rank{'s' if world > 1 else ''}"
+    if groups < world:
+        return (
+            f"train.tasks_per_step = {groups} is below the {ranks} (--nproc {world}), and each rank trains on whole groups.\n"
+            f"Fix: --set train.tasks_per_step={world} (or more), or --nproc {groups}"
+        )
+    smallest = groups // world  # groups of the smallest share
+    if workers > smallest:
+        return (
+            f"distributed.rollout_workers = {workers} is more than the {smallest} groups a rank gets "
+            f"(train.tasks_per_step = {groups} over {ranks}), and each actor runs whole groups.\n"
+            f"Fix: --set distributed.rollout_workers={smallest} or fewer, or --set train.tasks_per_step={workers * world}"
+        )
+    return None
+
 
 def _model_at(loc: tuple) -> type[BaseModel] | None:
     """The pydantic model that owns the field path ``loc`` (for key suggestions)."""
@@ -183,6 +223,9 @@ def format_validation_error(exc: ValidationError, prefix: str = "", model: type[
     """
     err = exc.errors()[0]
     loc = tuple(err["loc"])
+    reason = err.get("ctx", {}).get("error") if err["type"] == "value_error" else None
+    if reason is not None and "\nFix: " in str(reason):  # a cross-field rule of this project, already two lines
+        return str(reason)
     if not loc:
         return _model_error(err, prefix)
     key = prefix + ".".join(str(p) for p in loc)
@@ -271,12 +314,31 @@ def load_config(
         config = RunConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc)) from None
-    if config.train.clip_high < config.train.clip_low:
-        raise ConfigError(
-            f"'train.clip_high' = {config.train.clip_high} is below train.clip_low = {config.train.clip_low}.\n"
-            "Fix: clip-higher needs clip_high >= clip_low"
-        )
     return config
+
+
+def render_type(annotation: object, bar: str = " | ") -> str:
+    """A field's type for people, the same in ``pcm-run plugins`` and docs/configuration.md:
+    ``Literal['a', 'b']`` -> ``"a" | "b"``, ``str | None`` -> ``str | null``, ``dict[...]`` -> ``mapping``.
+    ``bar`` separates alternatives (markdown tables escape it)."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Literal:
+        return bar.join(json.dumps(a) for a in typing.get_args(annotation))
+    if origin in (typing.Union, types.UnionType):
+        return bar.join(render_type(a, bar) for a in typing.get_args(annotation))
+    if origin is dict or annotation is dict:
+        return "mapping"
+    if annotation is type(None):
+        return "null"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def config_value(config: BaseModel, key: str) -> Any:
+    """The value at the dotted ``key`` (``"pcm.proxy"``) of ``config``."""
+    value: Any = config
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
 
 
 @dataclass(frozen=True)
@@ -296,16 +358,13 @@ def resolve_components(config: RunConfig, registry: Any = None, check_installed:
     """Look up every component the config names and validate its options (nothing heavy is built)."""
     from pcm_core.registry import get_registry
 
+    from pcm_core.interfaces import COMPONENT_KINDS
+
     registry = registry or get_registry()
-    wanted = {
-        "env": (config.env.name, config.env.options, "env.options"),
-        "policy": (config.policy.name, config.policy.options, "policy.options"),
-        "segmenter": (config.pcm.segmenter, config.pcm.segmenter_options, "pcm.segmenter_options"),
-        "proxy": (config.pcm.proxy, config.pcm.proxy_options, "pcm.proxy_options"),
-        "sampler": (config.pcm.sampler, config.pcm.sampler_options, "pcm.sampler_options"),
-    }
     resolved = {}
-    for kind, (name, options, where) in wanted.items():
+    for component in COMPONENT_KINDS:
+        kind, where = component.name, component.options_key
+        name, options = config_value(config, component.key), config_value(config, where)
         registration = registry.get(kind, name)
         if check_installed:
             registration.check_installed()

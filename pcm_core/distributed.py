@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from pcm_core.communicator import Communicator, Context
-from pcm_core.config import DistributedConfig, RunConfig
+from pcm_core.config import DistributedConfig, RunConfig, rank_problem
 from pcm_core.errors import PcmError
 from pcm_core.interfaces import BudgetSampler, PhaseSegmenter, PolicyBackend, VarianceProxy
 from pcm_core.learner import Learner
@@ -78,23 +78,11 @@ def shutdown(context: Context) -> None:
 
 
 def check_ranks(config: RunConfig, world: int) -> None:
-    """Refuse a run whose step cannot be split over ``world`` ranks: every rank trains on whole
-    groups, and every rollout actor of a rank runs whole groups of that rank's share. The CLI checks
-    this before it starts torchrun, so the error comes once, not from every rank."""
-    groups, workers = config.train.tasks_per_step, config.distributed.rollout_workers
-    ranks = f"{world} rank{'s' if world > 1 else ''}"
-    if groups < world:
-        raise DistributedError(
-            f"train.tasks_per_step = {groups} is below the {ranks} (--nproc {world}), and each rank trains on whole groups.\n"
-            f"Fix: --set train.tasks_per_step={world} (or more), or --nproc {groups}"
-        )
-    smallest = groups // world  # groups of the smallest share
-    if workers > smallest:
-        raise DistributedError(
-            f"distributed.rollout_workers = {workers} is more than the {smallest} groups a rank gets "
-            f"(train.tasks_per_step = {groups} over {ranks}), and each actor runs whole groups.\n"
-            f"Fix: --set distributed.rollout_workers={smallest} or fewer, or --set train.tasks_per_step={workers * world}"
-        )
+    """Refuse a run whose step cannot be split over ``world`` ranks (:func:`~pcm_core.config.rank_problem`).
+    The CLI checks this before it starts torchrun, so the error comes once, not from every rank."""
+    problem = rank_problem(config, world)
+    if problem is not None:
+        raise DistributedError(problem)
 
 
 def local_config(config: RunConfig, context: Context) -> RunConfig:

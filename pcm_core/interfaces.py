@@ -220,11 +220,30 @@ class BudgetSampler(Component):
         to keep of each trajectory (:func:`pcm_core.algo.pcm.trajectory_budgets`)."""
 
 
-KINDS: dict[str, type[Component]] = {
-    "env": EnvBackend,
-    "policy": PolicyBackend,
-    "segmenter": PhaseSegmenter,
-    "proxy": VarianceProxy,
-    "sampler": BudgetSampler,
-}
-"""Component kind name -> abstract base class."""
+@dataclass(frozen=True)
+class ComponentKind:
+    """One of the five kinds of component: what the registry, the hooks, the CLI and the config
+    call it."""
+
+    name: str  # the kind, as in ``registry.get(kind, name)``
+    base: type[Component]  # the abstract base class a registered class must subclass
+    plural: str  # for people: ``pcm-run plugins`` tables, "installed ... are" messages
+    hook: str  # the hookspec of pcm_core.hookspecs that registers this kind
+    key: str  # the config key naming the component
+    options_key: str  # the config key holding its options
+
+
+COMPONENT_KINDS: tuple[ComponentKind, ...] = (
+    ComponentKind("env", EnvBackend, "envs", "pcm_register_envs", "env.name", "env.options"),
+    ComponentKind("policy", PolicyBackend, "policies", "pcm_register_policies", "policy.name", "policy.options"),
+    ComponentKind("segmenter", PhaseSegmenter, "phase segmenters", "pcm_register_segmenters", "pcm.segmenter",
+                  "pcm.segmenter_options"),
+    ComponentKind("proxy", VarianceProxy, "variance proxies", "pcm_register_variance_proxies", "pcm.proxy",
+                  "pcm.proxy_options"),
+    ComponentKind("sampler", BudgetSampler, "budget samplers", "pcm_register_budget_samplers", "pcm.sampler",
+                  "pcm.sampler_options"),
+)
+"""The five component kinds, in the order ``pcm-run plugins`` lists them."""
+
+KINDS: dict[str, ComponentKind] = {kind.name: kind for kind in COMPONENT_KINDS}
+"""Component kind name -> its :class:`ComponentKind`."""

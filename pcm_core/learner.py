@@ -8,10 +8,12 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from pcm_core import checkpoint
 from pcm_core.algo.grpo import chunk_weights, group_advantages, policy_loss, uniform_groups
 from pcm_core.algo.pcm import KeepProbabilities, balanced_parts, compact, select_per_trajectory, trajectory_budgets
 from pcm_core.communicator import Communicator
@@ -90,6 +92,44 @@ class Learner:
         self.skipped_updates = 0  # optimizer steps skipped for a non-finite loss or gradient, in all
         self.consecutive_skips = 0  # ... since the last applied step
         self._global_counts = torch.zeros(6, dtype=torch.float64)
+
+    def state_dict(self) -> tuple[dict[str, dict[str, Tensor]], dict[str, Any]]:
+        """Everything the learner needs to go on exactly: (tensor groups, JSON data), in the
+        checkpoint's layout. Tensors: ``policy``, ``optimizer``, ``pcm`` (q, v, w), ``reference``
+        (with a KL term), ``rng`` (``generator/learner``, the mask stream); data: the optimizer's
+        scalars, ``pcm.frozen`` and the skip counters (``faults``). Sharded tensors come back full
+        (every rank calls this, in the same order)."""
+        optimizer_tensors, optimizer_meta = checkpoint.optimizer_state(self.optimizer)
+        pcm = self.keep_probs.state_dict()
+        tensors = {
+            "policy": self.policy.module.state_dict(),
+            "optimizer": optimizer_tensors,
+            "pcm": {k: v for k, v in pcm.items() if isinstance(v, Tensor)},
+            "rng": {"generator/learner": self.generator.get_state()},
+        }
+        if self.reference is not None:
+            tensors["reference"] = self.reference.module.state_dict()
+        state = {
+            "optimizer": optimizer_meta,
+            "pcm": {k: v for k, v in pcm.items() if not isinstance(v, Tensor)},
+            "faults": {"skipped_updates": self.skipped_updates, "consecutive_skips": self.consecutive_skips},
+        }
+        tensors = self.parallel.full_tensors(tensors)
+        self.parallel.gather_for_rollouts()  # state_dict() resharded FSDP's weights
+        return tensors, state
+
+    def load_state_dict(self, tensors: dict[str, dict[str, Tensor]], state: dict[str, Any]) -> None:
+        """Put back what :meth:`state_dict` returned (or a checkpoint holds)."""
+        self.parallel.before_restore(tensors, self.optimizer)
+        self.policy.module.load_state_dict(tensors["policy"])
+        if self.reference is not None and "reference" in tensors:
+            self.reference.module.load_state_dict(tensors["reference"])
+        checkpoint.load_optimizer_state(self.optimizer, tensors["optimizer"], state["optimizer"])
+        self.keep_probs.load_state_dict({**tensors["pcm"], **state["pcm"]})
+        self.skipped_updates = int(state["faults"]["skipped_updates"])
+        self.consecutive_skips = int(state["faults"]["consecutive_skips"])
+        self.generator.set_state(tensors["rng"]["generator/learner"])
+        self.parallel.gather_for_rollouts()
 
     @staticmethod
     def _frozen_copy(policy: PolicyBackend) -> PolicyBackend:

@@ -15,9 +15,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from pcm_core.checkpoint import Checkpoint
 from pcm_core.communicator import Communicator
 from pcm_core.interfaces import PolicyBackend
+
+TensorGroups = dict[str, dict[str, Tensor]]
+"""A checkpoint's tensors: file stem (``policy``, ``optimizer``, ...) -> ``{name: tensor}``."""
 
 
 class SingleProcess:
@@ -49,12 +51,12 @@ class SingleProcess:
     def gather_for_rollouts(self) -> None:
         """After anything that reshards the weights (a checkpoint's ``state_dict``, a restore)."""
 
-    def full_tensors(self, saved: Checkpoint) -> Checkpoint:
-        """``saved`` with every sharded tensor gathered (every rank calls this, in the same order)."""
-        return saved
+    def full_tensors(self, tensors: TensorGroups) -> TensorGroups:
+        """``tensors`` with every sharded tensor gathered (every rank calls this, in the same order)."""
+        return tensors
 
-    def before_restore(self, saved: Checkpoint, optimizer: torch.optim.Optimizer) -> None:
-        """Lay the checkpoint's tensors out like the learner's parameters before ``load_state_dict``."""
+    def before_restore(self, tensors: TensorGroups, optimizer: torch.optim.Optimizer) -> None:
+        """Lay a checkpoint's tensors out like the learner's parameters before ``load_state_dict``."""
 
     def release(self) -> None:
         """End of training: the policy holds plain full tensors (``policy.save`` writes them)."""
@@ -161,28 +163,28 @@ class FSDP(SingleProcess):
     def gather_for_rollouts(self) -> None:
         self.unshard_all()
 
-    def full_tensors(self, saved: Checkpoint) -> Checkpoint:
-        for group in saved.tensors.values():
+    def full_tensors(self, tensors: TensorGroups) -> TensorGroups:
+        for group in tensors.values():
             for name, value in group.items():
                 if hasattr(value, "full_tensor"):
                     group[name] = value.full_tensor()
-        return saved
+        return tensors
 
-    def before_restore(self, saved: Checkpoint, optimizer: torch.optim.Optimizer) -> None:
+    def before_restore(self, tensors: TensorGroups, optimizer: torch.optim.Optimizer) -> None:
         from torch.distributed.tensor import DTensor, distribute_tensor
 
         self.reshard_all()
         params = dict(self.wrapper.policy_module.named_parameters())
-        policy = saved.tensors["policy"]
+        policy = tensors["policy"]
         for name, value in policy.items():
             if isinstance(params.get(name), DTensor):
                 policy[name] = distribute_tensor(value, params[name].device_mesh, params[name].placements)
         ordered = [p for group in optimizer.param_groups for p in group["params"]]
-        tensors = saved.tensors["optimizer"]
-        for key, value in tensors.items():
+        moments = tensors["optimizer"]
+        for key, value in moments.items():
             param = ordered[int(key.split("/")[1])]
             if isinstance(param, DTensor) and tuple(value.shape) == tuple(param.shape):
-                tensors[key] = distribute_tensor(value, param.device_mesh, param.placements)
+                moments[key] = distribute_tensor(value, param.device_mesh, param.placements)
 
     def release(self) -> None:
         """FSDP's unsharded parameters are views into its all-gather buffers, which ``policy.save``

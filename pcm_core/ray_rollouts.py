@@ -18,10 +18,11 @@ import os
 import time
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 
+from pcm_core.collectors import Collector
 from pcm_core.config import ResolvedComponent, RunConfig
-from pcm_core.distributed import check_ranks
 from pcm_core.errors import MissingBackendError, PcmError
 from pcm_core.interfaces import EnvBackend, PolicyBackend
 from pcm_core.rollout import GroupSpec, collect, concat
@@ -71,18 +72,18 @@ def require_ray(workers: int) -> None:
         )
 
 
-class RayRollouts:
-    """``distributed.rollout_workers`` actors; :meth:`collect` has the signature of
-    :func:`pcm_core.rollout.collect`, so the runner's dynamic sampling works unchanged."""
+class RayRollouts(Collector):
+    """A :class:`~pcm_core.collectors.Collector` whose episodes run in ``distributed.rollout_workers``
+    Ray actors (drawing groups, dynamic sampling and evaluation are the collector's own)."""
 
     def __init__(
-        self, config: RunConfig, components: dict[str, ResolvedComponent], policy: PolicyBackend,
-        log: Callable[[str], Any] = print,
+        self, env: EnvBackend, policy: PolicyBackend, config: RunConfig, rng: np.random.Generator,
+        generator: torch.Generator, components: dict[str, ResolvedComponent], log: Callable[[str], Any] = print,
     ) -> None:
+        super().__init__(env, policy, config, rng, generator)
         require_ray(config.distributed.rollout_workers)
         import ray
 
-        check_ranks(config, 1)  # this process's share of the groups: one per actor at least
         settings, train = config.distributed, config.train
         workers, groups = settings.rollout_workers, train.tasks_per_step
         self._owns_ray = not ray.is_initialized()
@@ -104,32 +105,29 @@ class RayRollouts:
         self.lost: list[int] = []
         self._restarting: set[int] = set()  # actors lost since the last step
         self.trajectories = 0
-        self.publish(policy)
+        self.publish()
 
     def pids(self) -> list[int]:
         """Process id of every actor (for tests and ``ps``)."""
         return self.ray.get([actor.pid.remote() for actor in self.actors])
 
-    def publish(self, policy: PolicyBackend) -> dict[str, float]:
+    def publish(self) -> dict[str, float]:
         """Put the policy's current weights into the object store for the next calls; returns the
         metrics of the rollouts since the last publish (actors lost, trajectories that arrived)."""
-        state = {name: tensor.detach().cpu() for name, tensor in policy.module.state_dict().items()}
+        state = {name: tensor.detach().cpu() for name, tensor in self.policy.module.state_dict().items()}
         self.weights = self.ray.put(state)
         self.version += 1
         metrics = {"rollout/workers_lost": float(len(self.lost)), "rollout/trajectories": float(self.trajectories)}
         self.lost, self.trajectories = [], 0
         return metrics
 
-    def collect(
-        self, env: EnvBackend, policy: PolicyBackend, groups: Sequence[GroupSpec], group_size: int,
-        generator: torch.Generator | None = None, greedy: bool = False,
-    ) -> RolloutBatch:
-        """The episodes of ``groups`` over the actors (``env`` and ``policy`` of the learner are not used)."""
+    def collect(self, groups: Sequence[GroupSpec], group_size: int, greedy: bool = False) -> RolloutBatch:
+        """The episodes of ``groups`` over the actors."""
         from ray.exceptions import GetTimeoutError, RayActorError
 
         for attempt in range(self.max_restarts + 1):
             self._wait_for_restarts()
-            seeds = torch.randint(0, 2**62, (len(self.actors),), generator=generator).tolist()
+            seeds = torch.randint(0, 2**62, (len(self.actors),), generator=self.generator).tolist()
             bounds = [sum(self.shares[:a]) for a in range(len(self.actors) + 1)]
             futures = [
                 actor.collect.remote([self.weights], self.version, list(groups[bounds[a] : bounds[a + 1]]), group_size, seeds[a], greedy)

@@ -35,14 +35,6 @@ BUILTIN_PLUGINS = (
     "pcm_libero.plugin",
 )
 
-HOOKS = {
-    "env": "pcm_register_envs",
-    "policy": "pcm_register_policies",
-    "segmenter": "pcm_register_segmenters",
-    "proxy": "pcm_register_variance_proxies",
-    "sampler": "pcm_register_budget_samplers",
-}
-
 KNOWN_BACKENDS = {
     ("env", "libero"): "libero",
     ("env", "maniskill"): "maniskill",
@@ -125,13 +117,13 @@ class Registry:
 
     def _collect(self) -> dict[str, dict[str, Registration]]:
         components: dict[str, dict[str, Registration]] = {kind: {} for kind in KINDS}
-        for kind, hook_name in HOOKS.items():
+        for kind, hook_name in ((k.name, k.hook) for k in KINDS.values()):
             for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
                 plugin, distribution = self._origin.get(impl.plugin, (impl.plugin_name, "?"))
 
                 def register(name: str, cls: type, _kind=kind, _p=plugin, _d=distribution) -> None:
-                    if not (isinstance(cls, type) and issubclass(cls, KINDS[_kind])):
-                        raise TypeError(f"plugin {_p} registered {_kind} '{name}' that is not a {KINDS[_kind].__name__}")
+                    if not (isinstance(cls, type) and issubclass(cls, KINDS[_kind].base)):
+                        raise TypeError(f"plugin {_p} registered {_kind} '{name}' that is not a {KINDS[_kind].base.__name__}")
                     earlier = components[_kind].get(name)
                     if earlier is not None:
                         _warn_duplicate(earlier, _p)
@@ -175,7 +167,7 @@ class Registry:
         close = difflib.get_close_matches(name, names, n=1)
         hint = f"did you mean '{close[0]}'? " if close else ""
         raise UnknownComponentError(
-            f"unknown {kind} '{name}'.\nFix: {hint}installed {_plural(kind)}: {', '.join(names) or 'none'}"
+            f"unknown {kind} '{name}'.\nFix: {hint}installed {KINDS[kind].plural}: {', '.join(names) or 'none'}"
         )
 
     def _broken_plugin(self, plugin: str) -> BrokenPlugin | None:
@@ -184,11 +176,6 @@ class Registry:
 
     def hook(self) -> pluggy.HookRelay:
         return self.pm.hook
-
-
-def _plural(kind: str) -> str:
-    """``policy`` -> ``policies``, ``env`` -> ``envs``."""
-    return kind[:-1] + "ies" if kind.endswith("y") else kind + "s"
 
 
 def _warn_duplicate(earlier: Registration, plugin: str) -> None:

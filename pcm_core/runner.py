@@ -1,4 +1,9 @@
-"""The training run behind ``pcm-run``: build components, warm start, train, evaluate, track."""
+"""The training run behind ``pcm-run``: build components, warm start, then the loop
+collect -> update -> log -> evaluate -> checkpoint (:func:`train`), read top to bottom.
+
+Everything a run holds between steps is a :class:`Run`: setting it up (ranks, run folder,
+components, warm start, resume) and writing checkpoints and artifacts live there, outside the loop.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,23 +23,21 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from pcm_core import checkpoint, distributed
-from pcm_core.communicator import Communicator
-from pcm_core.algo.grpo import uniform_groups
+from pcm_core.collectors import EVAL_INIT_OFFSET, Collector
+from pcm_core.communicator import Communicator, Context
 from pcm_core.config import ResolvedComponent, RunConfig
 from pcm_core.errors import PcmError
 from pcm_core.interfaces import EnvBackend, PolicyBackend
-from pcm_core.learner import Learner, policy_precision
+from pcm_core.learner import Learner
 from pcm_core.plots import plot_keep_probabilities, plot_success, write_gif
 from pcm_core.profiling import StepTimer
 from pcm_core.registry import get_registry
-from pcm_core.rollout import GroupSpec, collect, concat
 from pcm_core.tracking import Tracker
 from pcm_core.types import RolloutBatch
 from pcm_core.vector_env import SubprocessEnv
 from pcm_core.warm_start import warm_start
 
-EVAL_INIT_OFFSET = 1_000_000
-"""Evaluation initial states are ids from here on, never drawn for training."""
+__all__ = ["EVAL_INIT_OFFSET", "Run", "RunResult", "train"]
 
 
 @dataclass
@@ -60,71 +63,16 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def draw_groups(rng: np.random.Generator, env: EnvBackend, count: int) -> list[GroupSpec]:
-    """``count`` training groups: random task variants and fresh initial states."""
-    tasks = rng.integers(0, env.num_tasks, count)
-    inits = rng.integers(0, EVAL_INIT_OFFSET, count)
-    return [GroupSpec(int(t), int(i)) for t, i in zip(tasks, inits)]
-
-
-def collect_step(
-    env: EnvBackend, policy: PolicyBackend, config: RunConfig, rng: np.random.Generator, generator: torch.Generator,
-    collector: Callable[..., RolloutBatch] = collect,
-) -> RolloutBatch:
-    """One step's groups; with dynamic sampling, groups with equal outcomes are replaced by
-    fresh ones (up to 3 extra rounds) so that every group carries a learning signal.
-    ``collector`` runs the episodes (:func:`~pcm_core.rollout.collect`, or Ray rollout actors)."""
-    train = config.train
-    batch = collector(env, policy, draw_groups(rng, env, train.tasks_per_step), train.group_size, generator)
-    if not train.dynamic_sampling:
-        return batch
-    kept = [batch.select_trajectories(_mixed_members(batch))]
-    have = int(kept[0].group_index.unique().numel()) if kept[0].num_trajectories else 0
-    for _ in range(3):
-        if have >= train.tasks_per_step:
-            break
-        extra = collector(env, policy, draw_groups(rng, env, train.tasks_per_step), train.group_size, generator)
-        kept.append(extra.select_trajectories(_mixed_members(extra)))
-        have += int(kept[-1].group_index.unique().numel()) if kept[-1].num_trajectories else 0
-    kept = [b for b in kept if b.num_trajectories]
-    if not kept:
-        return batch
-    merged = concat(kept)
-    groups = merged.group_index.unique()[: train.tasks_per_step]
-    return merged.select_trajectories(torch.nonzero(torch.isin(merged.group_index, groups)).squeeze(1))
-
-
-def _mixed_members(batch: RolloutBatch) -> torch.Tensor:
-    """Indices of trajectories whose group has mixed outcomes."""
-    uniform = uniform_groups(batch.rewards, batch.group_index)  # [M], sorted group ids
-    group_ids = batch.group_index.unique()
-    mixed_ids = group_ids[~uniform]
-    return torch.nonzero(torch.isin(batch.group_index, mixed_ids)).squeeze(1)
-
-
-def evaluate(env: EnvBackend, policy: PolicyBackend, config: RunConfig) -> float:
-    """Success rate on ``train.eval_episodes`` fixed initial states (the same at every call)."""
-    episodes = config.train.eval_episodes
-    generator = torch.Generator().manual_seed(config.train.seed + EVAL_INIT_OFFSET)
-    successes: list[float] = []
-    for start in range(0, episodes, env.num_envs):
-        ids = [start + i for i in range(env.num_envs)]
-        groups = [GroupSpec(i % env.num_tasks, EVAL_INIT_OFFSET + i) for i in ids]
-        with policy_precision(policy.device, config.train):
-            batch = collect(env, policy, groups, 1, generator, greedy=config.train.eval_greedy)
-        successes.extend(batch.rewards.tolist()[: episodes - start])
-    return float(np.mean(successes))
-
-
-def rollout_workers(
-    local: RunConfig, components: dict[str, ResolvedComponent], policy: PolicyBackend, log: Callable[[str], Any] = print
-) -> Any:
-    """Ray rollout actors for this rank when ``distributed.rollout_workers > 0`` (else None)."""
-    if local.distributed.rollout_workers == 0:
-        return None
+def make_collector(
+    env: EnvBackend, policy: PolicyBackend, config: RunConfig, components: dict[str, Any], rng: np.random.Generator,
+    generator: torch.Generator, log: Any = print,
+) -> Collector:
+    """Ray rollout actors when ``distributed.rollout_workers > 0``, else episodes in this process."""
+    if config.distributed.rollout_workers == 0:
+        return Collector(env, policy, config, rng, generator)
     from pcm_core.ray_rollouts import RayRollouts
 
-    return RayRollouts(local, components, policy, log=log)
+    return RayRollouts(env, policy, config, rng, generator, components, log=log)
 
 
 def build(components: dict[str, ResolvedComponent], config: RunConfig, device: torch.device) -> dict[str, Any]:
@@ -148,18 +96,6 @@ def build(components: dict[str, ResolvedComponent], config: RunConfig, device: t
     except BaseException:
         env.close()
         raise
-
-
-def _progress(console: Console) -> Progress:
-    return Progress(
-        TextColumn("[bold]step"),
-        MofNCompleteColumn(),
-        BarColumn(),
-        TextColumn("success {task.fields[success]:.2f}  eval {task.fields[eval]}  {task.fields[step_s]:.1f}s/step"),
-        TimeElapsedColumn(),
-        console=console,
-        transient=False,
-    )
 
 
 class StopRequests:
@@ -213,56 +149,212 @@ def _env_rngs(env: EnvBackend) -> dict[str, np.random.Generator]:
     return {"env": rng} if isinstance(rng, np.random.Generator) else {}
 
 
-def capture(
-    step: int, config: RunConfig, learner: Learner, env: EnvBackend, rng: np.random.Generator,
-    generator: torch.Generator, history: list[dict[str, float]], run_id: str | None,
-) -> checkpoint.Checkpoint:
-    """Everything needed to continue the run after ``step`` exactly."""
-    optimizer_tensors, optimizer_meta = checkpoint.optimizer_state(learner.optimizer)
-    rng_tensors, rng_meta = checkpoint.rng_state(
-        {"learner": learner.generator, "rollout": generator}, {"groups": rng, **_env_rngs(env)}
-    )
-    pcm_state = learner.keep_probs.state_dict()
-    tensors = {
-        "policy": learner.policy.module.state_dict(),
-        "optimizer": optimizer_tensors,
-        "pcm": {k: v for k, v in pcm_state.items() if isinstance(v, torch.Tensor)},
-        "rng": rng_tensors,
-    }
-    if learner.reference is not None:
-        tensors["reference"] = learner.reference.module.state_dict()
-    state = {
-        "history": history,
-        "run_id": run_id,
-        "optimizer": optimizer_meta,
-        "pcm": {k: v for k, v in pcm_state.items() if not isinstance(v, torch.Tensor)},
-        "rng": rng_meta,
-        "faults": {
-            "skipped_updates": learner.skipped_updates,
-            "consecutive_skips": learner.consecutive_skips,
-            "env_restarts": getattr(env, "restarts", 0),
-        },
-    }
-    return checkpoint.Checkpoint(step, tensors, state, config.model_dump(mode="json"))
+class StepProgress:
+    """The progress bar of the loop: step, training success, last evaluation, seconds per step."""
+
+    def __init__(self, console: Console, total: int, done: int, last_eval: float | None) -> None:
+        self.progress = Progress(
+            TextColumn("[bold]step"),
+            MofNCompleteColumn(),
+            BarColumn(),
+            TextColumn("success {task.fields[success]:.2f}  eval {task.fields[eval]}  {task.fields[step_s]:.1f}s/step"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=False,
+        )
+        shown = f"{last_eval:.2f}" if last_eval is not None else "-"
+        self.bar = self.progress.add_task("train", total=total, completed=done, success=0.0, eval=shown, step_s=0.0)
+
+    def __enter__(self) -> "StepProgress":
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.progress.__exit__(*exc)
+
+    def update(self, metrics: dict[str, float]) -> None:
+        shown = f"{metrics['eval_success_rate']:.2f}" if "eval_success_rate" in metrics else self.progress.tasks[0].fields["eval"]
+        self.progress.update(self.bar, advance=1, success=metrics["success_rate"], eval=shown, step_s=metrics["time/step_s"])
 
 
-def restore(
-    saved: checkpoint.Checkpoint, learner: Learner, env: EnvBackend, rng: np.random.Generator, generator: torch.Generator
-) -> None:
-    """Put the state of ``saved`` back into freshly built components."""
-    learner.policy.module.load_state_dict(saved.tensors["policy"])
-    if learner.reference is not None and "reference" in saved.tensors:
-        learner.reference.module.load_state_dict(saved.tensors["reference"])
-    checkpoint.load_optimizer_state(learner.optimizer, saved.tensors["optimizer"], saved.state["optimizer"])
-    learner.keep_probs.load_state_dict({**saved.tensors["pcm"], **saved.state["pcm"]})
-    learner.skipped_updates = int(saved.state["faults"]["skipped_updates"])
-    learner.consecutive_skips = int(saved.state["faults"]["consecutive_skips"])
-    if isinstance(env, SubprocessEnv):
-        env.restarts = int(saved.state["faults"].get("env_restarts", 0))
-    checkpoint.load_rng_state(
-        saved.tensors["rng"], saved.state["rng"], {"learner": learner.generator, "rollout": generator},
-        {"groups": rng, **_env_rngs(env)},
-    )
+@dataclass
+class Run:
+    """What one training run holds between steps, and the work around the loop: setting up
+    (:meth:`start`), logging a step, checkpoints, the end of the run."""
+
+    config: RunConfig  # the whole run
+    local: RunConfig  # this rank's view: its groups, rollout seed, tracking
+    context: Context
+    device: torch.device
+    env: EnvBackend
+    policy: PolicyBackend
+    learner: Learner
+    collector: Collector
+    tracker: Tracker
+    hooks: Any
+    console: Console
+    result: RunResult
+    step: int = 0  # the last finished step
+    last_batch: RolloutBatch | None = None
+    last_checkpoint: Path | None = None
+
+    @classmethod
+    def start(
+        cls, config: RunConfig, components: dict[str, ResolvedComponent], console: Console, resume: checkpoint.Checkpoint | None
+    ) -> "Run":
+        """Seeds, ranks, run folder, components, warm start (or the state of ``resume``), tracking,
+        and the warm start's evaluation."""
+        seed_everything(config.train.seed)
+        if config.train.threads is not None:
+            torch.set_num_threads(config.train.threads)
+        context, device = distributed.setup(config.distributed, resolve_device(config.train.device))  # this rank's device
+        local = distributed.local_config(config, context)  # this rank's groups, rollout seed and tracking
+        if not context.is_main:
+            console = Console(quiet=True)
+        run_dir = cls._run_dir(config, context, resume)
+        parts = build(components, local, device)
+        env, policy = parts["env"], parts["policy"]
+        tracker = Tracker(local.tracking, local_dir=run_dir / "mlruns", log=console.print)
+        collector: Collector | None = None
+        try:
+            if resume is None and config.train.sft.enabled and getattr(policy.options, "path", None) is None and context.is_main:
+                warm_start(policy, env, config, log=console.print)  # other ranks receive rank 0's weights
+            learner = distributed.make_learner(context, config, policy, parts["segmenter"], parts["proxy"], parts["sampler"])
+            rng, generator = np.random.default_rng(local.train.seed), torch.Generator().manual_seed(local.train.seed)
+            collector = make_collector(env, policy, local, components, rng, generator, log=console.print)
+            run = cls(config, local, context, device, env, policy, learner, collector, tracker, get_registry().hook(),
+                      console, RunResult(run_dir))
+            if resume is not None:
+                run.restore(resume)
+            tracker.start(config.model_dump(mode="json"), run_id=resume.state.get("run_id") if resume else None)
+            run.result.run_id, run.result.tracking_uri = tracker.run_id, tracker.uri
+            if context.is_main:
+                (run_dir / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+            run.hooks.pcm_on_run_start(config=config, run_dir=str(run_dir))
+            if resume is None:
+                run.log(0, {"eval_success_rate": collector.evaluate()}, None)
+                console.print(f"warm start eval success: {run.result.history[0]['eval_success_rate']:.2f}")
+            return run
+        except BaseException:
+            tracker.end(status="FAILED")
+            env.close()
+            if collector is not None:
+                collector.close()
+            distributed.shutdown(context)
+            raise
+
+    @staticmethod
+    def _run_dir(config: RunConfig, context: Context, resume: checkpoint.Checkpoint | None) -> Path:
+        """The folder of ``resume``'s run, or a new one made by rank 0 (and told to the others)."""
+        if resume is None:
+            return Communicator(context).broadcast(_new_run_dir(Path(config.train.output_dir)) if context.is_main else None)
+        assert resume.path is not None
+        if resume.step >= config.train.steps:
+            raise checkpoint.CheckpointError(
+                f"checkpoint '{resume.path}' is at step {resume.step}, the run has train.steps = {config.train.steps}.\n"
+                f"Fix: add --set train.steps=N with N > {resume.step} to train further"
+            )
+        run_dir = resume.path.parent.parent
+        run_dir.mkdir(parents=True, exist_ok=True)
+        return run_dir
+
+    @property
+    def last_eval(self) -> float | None:
+        evals = [row["eval_success_rate"] for row in self.result.history if "eval_success_rate" in row]
+        return evals[-1] if evals else None
+
+    def evaluates_at(self, step: int) -> bool:
+        """The last step, and every ``train.eval_every`` steps."""
+        every = self.config.train.eval_every
+        return step == self.config.train.steps or bool(every and step % every == 0)
+
+    def checkpoints_at(self, step: int) -> bool:
+        """The last step, and every ``train.checkpoint_every`` steps."""
+        every = self.config.train.checkpoint_every
+        return step == self.config.train.steps or bool(every and step % every == 0)
+
+    def log(self, step: int, metrics: dict[str, float], batch: RolloutBatch | None) -> None:
+        """To the tracker, the step hooks and the run's history."""
+        self.tracker.log_metrics(metrics, step=step)
+        if step > 0:
+            self.hooks.pcm_on_step_end(step=step, metrics=metrics)
+            self.last_batch = batch
+        self.result.history.append({"step": step, **metrics})
+        self.step = step
+
+    def stop_requested(self, signal_name: str | None) -> str | None:
+        """This rank's stop request, or SIGTERM when another rank has one: every rank calls this
+        once per step (a collective), so all ranks stop after the same step."""
+        anyone = self.learner.comm.any(signal_name is not None)
+        return signal_name or ("SIGTERM" if anyone else None)
+
+    def check_skips(self, step: int) -> None:
+        """Stop the run (with a checkpoint of the last good weights) after too many non-finite updates."""
+        skips = self.learner.consecutive_skips
+        if skips >= self.config.train.max_skipped_updates:
+            path = self.save(step)  # the skipped updates never touched the weights
+            raise TrainingStopped(
+                f"{skips} consecutive updates had a NaN/inf loss or gradient; stopped at step {step}, last good weights in {path}.\n"
+                f"Fix: lower train.lr or train.max_grad_norm, then: pcm-run --resume {path}"
+            )
+
+    def capture(self, step: int) -> checkpoint.Checkpoint:
+        """Everything needed to continue the run after ``step`` exactly."""
+        tensors, state = self.learner.state_dict()
+        rng_tensors, rng_meta = checkpoint.rng_state(
+            {"rollout": self.collector.generator}, {"groups": self.collector.rng, **_env_rngs(self.env)}
+        )
+        tensors["rng"] = {**tensors["rng"], **rng_tensors}
+        state.update(history=self.result.history, run_id=self.tracker.run_id, rng=rng_meta)
+        state["faults"]["env_restarts"] = getattr(self.env, "restarts", 0)
+        return checkpoint.Checkpoint(step, tensors, state, self.config.model_dump(mode="json"))
+
+    def restore(self, saved: checkpoint.Checkpoint) -> None:
+        """Put the state of ``saved`` back into the freshly built components."""
+        self.learner.load_state_dict(saved.tensors, saved.state)
+        if isinstance(self.env, SubprocessEnv):
+            self.env.restarts = int(saved.state["faults"].get("env_restarts", 0))
+        checkpoint.load_rng_state(
+            saved.tensors["rng"], saved.state["rng"], {"rollout": self.collector.generator},
+            {"groups": self.collector.rng, **_env_rngs(self.env)},
+        )
+        if self.context.active:
+            distributed.reseed_rollouts(self.collector.rng, self.collector.generator, self.local, saved.step)
+        self.result.history = list(saved.state["history"])
+        self.step = saved.step
+        self.console.print(f"resuming {self.result.run_dir} from step {saved.step}")
+
+    def save(self, step: int) -> Path:
+        """A checkpoint of ``step``; every rank gathers its tensors, rank 0 writes it."""
+        saved = self.capture(step)
+        if self.context.is_main:
+            self.last_checkpoint = checkpoint.save(self.result.run_dir, saved, keep=self.config.train.keep_checkpoints)
+        else:
+            self.last_checkpoint = self.result.run_dir / checkpoint.CHECKPOINTS / f"step_{step:06d}"
+        return self.last_checkpoint
+
+    def stopped(self, signal_name: str) -> RunResult:
+        """End of a run stopped by a signal after ``self.step`` (its checkpoint is written)."""
+        self.result.stopped = True
+        self.hooks.pcm_on_run_end(summary={"run_dir": str(self.result.run_dir), "history": self.result.history, "stopped": True})
+        self.tracker.end(status="KILLED")
+        self.console.print(f"stopped by {signal_name} after step {self.step}; checkpoint: {self.last_checkpoint}", soft_wrap=True)
+        self.console.print(f"resume with: pcm-run --resume {self.last_checkpoint}", soft_wrap=True, markup=False, highlight=False)
+        return self.result
+
+    def finish(self) -> RunResult:
+        """End of a finished run: the final policy and artifacts (rank 0), the run-end hook."""
+        self.learner.parallel.release()
+        if self.context.is_main:
+            _write_artifacts(self.result, self.policy, self.last_batch, self.tracker)
+        self.hooks.pcm_on_run_end(summary={"run_dir": str(self.result.run_dir), "history": self.result.history, "stopped": False})
+        self.tracker.end()
+        return self.result
+
+    def close(self) -> None:
+        self.env.close()
+        self.collector.close()
+        distributed.shutdown(self.context)
 
 
 def train(
@@ -274,132 +366,36 @@ def train(
     """Run ``config`` to the end (or continue the checkpoint ``resume``); returns the run folder
     and the per-step metrics."""
     console = console or Console()
-    seed_everything(config.train.seed)
-    if config.train.threads is not None:
-        torch.set_num_threads(config.train.threads)
-    device = resolve_device(config.train.device)
-    context, device = distributed.setup(config.distributed, device)  # under torchrun: this rank's device
-    local = distributed.local_config(config, context)  # this rank's groups, rollout seed and tracking
-    if not context.is_main:
-        console = Console(quiet=True)
-    if resume is not None:
-        assert resume.path is not None
-        run_dir = resume.path.parent.parent
-        if resume.step >= config.train.steps:
-            raise checkpoint.CheckpointError(
-                f"checkpoint '{resume.path}' is at step {resume.step}, the run has train.steps = {config.train.steps}.\n"
-                f"Fix: add --set train.steps=N with N > {resume.step} to train further"
-            )
-        run_dir.mkdir(parents=True, exist_ok=True)
-    else:
-        run_dir = Communicator(context).broadcast(_new_run_dir(Path(config.train.output_dir)) if context.is_main else None)
-    parts = build(components, local, device)
-    env, policy = parts["env"], parts["policy"]
-    hooks = get_registry().hook()
-    tracker = Tracker(local.tracking, local_dir=run_dir / "mlruns", log=console.print)
-    result = RunResult(run_dir)
-    rng = np.random.default_rng(local.train.seed)
-    generator = torch.Generator().manual_seed(local.train.seed)
-    rollouts = None
+    run = Run.start(config, components, console, resume)
+    steps = config.train.steps
     try:
-        if resume is None and config.train.sft.enabled and getattr(policy.options, "path", None) is None and context.is_main:
-            warm_start(policy, env, config, log=console.print)  # other ranks receive rank 0's weights
-        learner = distributed.make_learner(context, config, policy, parts["segmenter"], parts["proxy"], parts["sampler"])
-        first_step = 1
-        if resume is not None:
-            learner.parallel.before_restore(resume, learner.optimizer)
-            restore(resume, learner, env, rng, generator)
-            learner.parallel.gather_for_rollouts()
-            if context.active:
-                distributed.reseed_rollouts(rng, generator, local, resume.step)
-            result.history = list(resume.state["history"])
-            first_step = resume.step + 1
-            console.print(f"resuming {run_dir} from step {resume.step}")
-        tracker.start(config.model_dump(mode="json"), run_id=resume.state.get("run_id") if resume else None)
-        result.run_id, result.tracking_uri = tracker.run_id, tracker.uri
-        if context.is_main:
-            (run_dir / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
-        hooks.pcm_on_run_start(config=config, run_dir=str(run_dir))
-
-        if resume is None:
-            initial = {"step": 0, "eval_success_rate": evaluate(env, policy, config)}
-            tracker.log_metrics({"eval_success_rate": initial["eval_success_rate"]}, step=0)
-            result.history.append(initial)
-            console.print(f"warm start eval success: {initial['eval_success_rate']:.2f}")
-        evals = [row["eval_success_rate"] for row in result.history if "eval_success_rate" in row]
-        last_batch = None
-        rollouts = rollout_workers(local, components, policy, log=console.print)
-
-        def save(step: int) -> Path:
-            saved = learner.parallel.full_tensors(capture(step, config, learner, env, rng, generator, result.history, tracker.run_id))
-            learner.parallel.gather_for_rollouts()
-            if not context.is_main:  # rank 0 writes the checkpoint
-                return run_dir / checkpoint.CHECKPOINTS / f"step_{step:06d}"
-            return checkpoint.save(run_dir, saved, keep=config.train.keep_checkpoints)
-
-        step, stopping = first_step - 1, None
-        with StopRequests() as stop, _progress(console) as progress:
-            bar = progress.add_task(
-                "train", total=config.train.steps, completed=step, success=0.0,
-                eval=f"{evals[-1]:.2f}" if evals else "-", step_s=0.0,
-            )
-            for step in range(first_step, config.train.steps + 1):
+        with StopRequests() as stop, StepProgress(console, steps, run.step, run.last_eval) as progress:
+            for step in range(run.step + 1, steps + 1):
                 timer = StepTimer()
-                with timer.section("rollout", device), policy_precision(device, config.train):
-                    last_batch = collect_step(env, policy, local, rng, generator, rollouts.collect if rollouts else collect)
-                metrics = learner.update(last_batch, timer)
-                metrics["faults/env_restarts"] = float(getattr(env, "restarts", 0))
-                metrics["faults/dropped_trajectories"] = float(last_batch.dropped)
-                if rollouts is not None:  # the new weights go to the rollout actors
-                    metrics.update(rollouts.publish(policy))
-                    learner.parallel.gather_for_rollouts()
+                with timer.section("rollout", run.device):
+                    batch = run.collector.step_batch()  # collect: the step's groups of episodes
+                metrics = run.learner.update(batch, timer)  # update: score phases, keep chunks, backprop them
+                metrics.update(run.collector.fault_metrics(batch))
+                metrics.update(run.collector.publish())  # the new weights to where the episodes run
                 metrics.update(timer.metrics())
                 metrics["time/step_s"] = sum(timer.seconds.values())
-                every = config.train.eval_every
-                if step == config.train.steps or (every and step % every == 0):
-                    metrics["eval_success_rate"] = evaluate(env, policy, config)
-                tracker.log_metrics(metrics, step=step)
-                hooks.pcm_on_step_end(step=step, metrics=metrics)
-                result.history.append({"step": step, **metrics})
-                shown = f"{metrics['eval_success_rate']:.2f}" if "eval_success_rate" in metrics else progress.tasks[0].fields["eval"]
-                progress.update(bar, advance=1, success=metrics["success_rate"], eval=shown, step_s=metrics["time/step_s"])
-                if learner.consecutive_skips >= config.train.max_skipped_updates:
-                    # the skipped updates never touched the weights: this checkpoint holds the last good ones
-                    path = save(step)
-                    raise TrainingStopped(
-                        f"{learner.consecutive_skips} consecutive updates had a NaN/inf loss or gradient; "
-                        f"stopped at step {step}, last good weights in {path}.\n"
-                        f"Fix: lower train.lr or train.max_grad_norm, then: pcm-run --resume {path}"
-                    )
-                # read once: a signal arriving after this point waits for the next step, on every rank alike
-                anyone = learner.comm.any(stop.signal is not None)  # a collective: every rank calls it
-                stopping = stop.signal or ("SIGTERM" if anyone else None)
-                every = config.train.checkpoint_every
-                if stopping is not None or (every and step % every == 0) or step == config.train.steps:
-                    path = save(step)
-                if stopping is not None and step < config.train.steps:
-                    break
-        if stopping is not None and step < config.train.steps:
-            result.stopped = True
-            hooks.pcm_on_run_end(summary={"run_dir": str(run_dir), "history": result.history, "stopped": True})
-            tracker.end(status="KILLED")
-            console.print(f"stopped by {stopping} after step {step}; checkpoint: {path}", soft_wrap=True)
-            console.print(f"resume with: pcm-run --resume {path}", soft_wrap=True, markup=False, highlight=False)
-            return result
-        learner.parallel.release()
-        if context.is_main:
-            _write_artifacts(result, policy, last_batch, tracker)
-        hooks.pcm_on_run_end(summary={"run_dir": str(run_dir), "history": result.history, "stopped": False})
-        tracker.end()
+                if run.evaluates_at(step):
+                    metrics["eval_success_rate"] = run.collector.evaluate()  # evaluate
+                run.log(step, metrics, batch)  # log
+                progress.update(metrics)
+                run.check_skips(step)
+                stopping = run.stop_requested(stop.signal)  # read once: a later signal waits for the next step
+                if stopping is not None or run.checkpoints_at(step):
+                    run.save(step)  # checkpoint
+                if stopping is not None and step < steps:
+                    return run.stopped(stopping)
+        result = run.finish()
     except BaseException:
-        tracker.end(status="FAILED")
+        run.tracker.end(status="FAILED")
         raise
     finally:
-        env.close()
-        if rollouts is not None:
-            rollouts.close()
-        distributed.shutdown(context)
-    _print_summary(console, result, tracker)
+        run.close()
+    _print_summary(console, result, run.tracker)
     return result
 
 

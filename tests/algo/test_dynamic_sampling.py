@@ -1,4 +1,4 @@
-"""``train.dynamic_sampling`` (``runner.collect_step``) and ``rollout.concat`` on hand-made batches.
+"""``train.dynamic_sampling`` (``Collector.step_batch``) and ``rollout.concat`` on hand-made batches.
 
 A stub collector hands out scripted rollouts: call ``c`` returns ``tasks_per_step`` groups of 2
 with the rewards it is given and ``T_c`` chunks; every real value of trajectory ``i`` of call ``c``
@@ -13,7 +13,7 @@ import torch
 
 from pcm_core.config import load_config
 from pcm_core.rollout import concat
-from pcm_core.runner import collect_step
+from pcm_core.collectors import Collector
 from pcm_core.types import RolloutBatch
 
 GROUP_SIZE = 2
@@ -45,14 +45,19 @@ class StubEnv:
     num_tasks = 3
 
 
-class ScriptedCollector:
+class StubPolicy:
+    device = torch.device("cpu")
+
+
+class ScriptedCollector(Collector):
     """Returns the scripted batches in order; records the calls and the batches it returned."""
 
-    def __init__(self, script: list[tuple[list[float], int]]) -> None:
+    def __init__(self, script: list[tuple[list[float], int]], config) -> None:
+        super().__init__(StubEnv(), StubPolicy(), config, np.random.default_rng(0), torch.Generator())
         self.script = script
         self.returned: list[RolloutBatch] = []
 
-    def __call__(self, env, policy, groups, group_size, generator):
+    def collect(self, groups, group_size, greedy=False):
         assert group_size == GROUP_SIZE and len(groups) == len(self.script[0][0]) // GROUP_SIZE
         call = len(self.returned)
         rewards, chunks = self.script[call]
@@ -66,9 +71,8 @@ def run(script, tasks_per_step=3, dynamic=True):
         [f"train.tasks_per_step={tasks_per_step}", f"train.group_size={GROUP_SIZE}",
          f"train.dynamic_sampling={'true' if dynamic else 'false'}", "tracking.enabled=false"],
     )
-    collector = ScriptedCollector(script)
-    batch = collect_step(StubEnv(), None, config, np.random.default_rng(0), torch.Generator(), collector=collector)
-    return batch, collector
+    collector = ScriptedCollector(script, config)
+    return collector.step_batch(), collector
 
 
 def origin(batch: RolloutBatch) -> list[int]:

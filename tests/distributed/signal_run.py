@@ -3,19 +3,19 @@ parity of its first chunk's action tokens (the tiny untrained policy never succe
 
 import sys
 
-import pcm_core.runner
 from pcm_core.cli import main
+from pcm_core.collectors import Collector
 
-original = pcm_core.runner.collect_step
+original = Collector.step_batch
 
 
-def collect_step(*args, **kwargs):
-    batch = original(*args, **kwargs)
+def step_batch(self):
+    batch = original(self)
     batch.rewards = (batch.tokens[:, 0].sum(dim=-1) % 2 == 0).to(batch.rewards.dtype)
     return batch
 
 
-pcm_core.runner.collect_step = collect_step
+Collector.step_batch = step_batch
 
 if __name__ == "__main__":
     main(sys.argv[1:])

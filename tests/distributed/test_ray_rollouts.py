@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from pcm_core.config import load_config, resolve_components
-from pcm_core.runner import collect_step
 
 pytestmark = pytest.mark.distributed
 ray = pytest.importorskip("ray")
@@ -33,7 +32,8 @@ def rollouts():
     policy = components["policy"].build()
     env = components["env"].build(num_envs=8, seed=0)
     messages: list[str] = []
-    workers = RayRollouts(config, components, policy, log=messages.append)
+    rng, generator = np.random.default_rng(0), torch.Generator().manual_seed(0)
+    workers = RayRollouts(env, policy, config, rng, generator, components, log=messages.append)
     yield config, env, policy, workers, messages
     workers.close()
     env.close()
@@ -41,12 +41,11 @@ def rollouts():
 
 def test_two_actors_collect_a_step_and_outlive_a_killed_one(rollouts):
     config, env, policy, workers, messages = rollouts
-    rng, generator = np.random.default_rng(0), torch.Generator().manual_seed(0)
 
-    batch = collect_step(env, policy, config, rng, generator, workers.collect)
+    batch = workers.step_batch()
     assert batch.num_trajectories == 8 and batch.group_index.unique().numel() == 2
     assert batch.lengths.min() >= 1 and batch.tokens.shape[-1] == policy.tokens_per_chunk
-    assert workers.publish(policy) == {"rollout/workers_lost": 0.0, "rollout/trajectories": 8.0}
+    assert workers.publish() == {"rollout/workers_lost": 0.0, "rollout/trajectories": 8.0}
 
     first_pids = workers.pids()
     victim = first_pids[0]
@@ -61,13 +60,13 @@ def test_two_actors_collect_a_step_and_outlive_a_killed_one(rollouts):
 
     killer = threading.Thread(target=kill_when_busy, daemon=True)
     killer.start()
-    batch = collect_step(env, policy, config, rng, generator, workers.collect)
+    batch = workers.step_batch()
     assert killed.is_set()
     assert batch.num_trajectories == 4 and batch.group_index.unique().numel() == 1  # actor 1's group arrived
-    assert workers.publish(policy) == {"rollout/workers_lost": 1.0, "rollout/trajectories": 4.0}
+    assert workers.publish() == {"rollout/workers_lost": 1.0, "rollout/trajectories": 4.0}
     assert any("rollout actor 0 lost" in line for line in messages)
 
-    batch = collect_step(env, policy, config, rng, generator, workers.collect)  # the next step: both actors
+    batch = workers.step_batch()  # the next step: both actors
     assert batch.num_trajectories == 8
     new_pids = workers.pids()
     assert new_pids[0] != victim and new_pids[1] == first_pids[1]

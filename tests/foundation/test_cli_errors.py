@@ -43,7 +43,7 @@ CASES = [
     ("segmenter-typo", ["--set", "pcm.segmenter=griper"], ["unknown segmenter 'griper'", "did you mean 'gripper'?"]),
     ("proxy-typo", ["--set", "pcm.proxy=success_failur"], ["unknown proxy 'success_failur'", "did you mean 'success_failure'?"]),
     ("sampler-typo", ["--set", "pcm.sampler=topK"], ["unknown sampler 'topK'", "did you mean 'topk'?"]),
-    ("sampler-unrelated", ["--set", "pcm.sampler=qqqq"], ["unknown sampler 'qqqq'", "installed samplers:", "all", "pcm", "topk", "uniform"]),
+    ("sampler-unrelated", ["--set", "pcm.sampler=qqqq"], ["unknown sampler 'qqqq'", "installed budget samplers:", "all", "pcm", "topk", "uniform"]),
     # known backends whose extra is not installed
     ("env-libero", ["--env", "libero"], ["env 'libero' is not installed", 'pip install "pcm-vla[libero]"']),
     ("env-maniskill", ["--env", "maniskill"], ["env 'maniskill'", "not installed", 'pip install "pcm-vla[maniskill]"']),

@@ -110,7 +110,7 @@ def test_duplicate_name_keeps_the_first_and_warns_naming_both(tmp_path, monkeypa
     assert registry.broken == []
 
 
-@pytest.mark.parametrize("kind, plural", [("policy", "policies"), ("proxy", "proxies"), ("env", "envs")])
+@pytest.mark.parametrize("kind, plural", [("policy", "policies"), ("proxy", "variance proxies"), ("env", "envs")])
 def test_unknown_name_lists_the_installed_plural(kind, plural):
     with pytest.raises(UnknownComponentError) as caught:
         get_registry().get(kind, "qqqq_none")

@@ -23,7 +23,7 @@ PCM_RUN = str(Path(sys.executable).with_name("pcm-run"))
 BUILTINS = {
     "env": ("envs", ["tabletop"]),
     "policy": ("policies", ["tinyvla"]),
-    "segmenter": ("segmenters", ["gripper", "progress", "env"]),
+    "segmenter": ("phase segmenters", ["gripper", "progress", "env"]),
     "proxy": ("variance proxies", ["success_failure", "uniform", "entropy"]),
     "sampler": ("budget samplers", ["pcm", "uniform", "all", "topk"]),
 }
@@ -65,8 +65,10 @@ def test_plugins_lists_every_kind(monkeypatch, capsys):
 def test_plugins_shows_options_with_defaults(monkeypatch, capsys):
     monkeypatch.setattr(cli, "out", Console(width=250))
     cli.main(["plugins"])
-    rows = _rows(_sections(capsys.readouterr().out)["segmenters"])
-    assert "num_phases: int = 4" in rows["gripper"]
+    sections = _sections(capsys.readouterr().out)
+    assert "num_phases: int = 4" in _rows(sections["phase segmenters"])["gripper"]
+    # a Literal option shows its values, as docs/configuration.md does
+    assert 'gripper: "raw" | "libero" = \'raw\'' in _rows(sections["policies"])["openvla"]
 
 
 def test_plugins_lists_known_missing_backends(monkeypatch, capsys):
@@ -101,7 +103,7 @@ def test_builtins_load_without_errors():
         ("proxy", "entropi", "did you mean 'entropy'?"),
         ("env", "tabeltop", "did you mean 'tabletop'?"),
         ("policy", "tinyvlaa", "did you mean 'tinyvla'?"),
-        ("sampler", "qqqq", "installed samplers: all, "),
+        ("sampler", "qqqq", "installed budget samplers: all, "),
     ],
 )
 def test_unknown_name_suggests(kind, name, expected):
@@ -221,5 +223,14 @@ def test_pcm_plugins_env_var_selects_it(broken_distribution):
     assert "fake_broken (fake-broken): BROKEN" in proc.stdout
 
 
-def test_kinds_match_hooks():
-    assert set(KINDS) == set(registry_module.HOOKS)
+def test_every_kind_has_its_hookspec_and_config_keys():
+    """The one table of component kinds names a real hookspec and real config keys for each kind."""
+    from pcm_core import hookspecs
+    from pcm_core.config import RunConfig, config_value
+
+    config = RunConfig()
+    assert list(KINDS) == ["env", "policy", "segmenter", "proxy", "sampler"]
+    for kind in KINDS.values():
+        assert callable(getattr(hookspecs, kind.hook))
+        assert isinstance(config_value(config, kind.key), str) and isinstance(config_value(config, kind.options_key), dict)
+    assert KINDS["proxy"].plural == "variance proxies"  # one name for people, in the CLI and in errors

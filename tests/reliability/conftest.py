@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import pcm_core.runner
+from pcm_core.collectors import Collector
 
 TINY = [
     "train.tasks_per_step=2",
@@ -58,12 +58,12 @@ def parity_rewards(batch):
 @pytest.fixture
 def learning_signal(monkeypatch):
     """Replace the env's outcome by :func:`parity_rewards` for runs in this process."""
-    original = pcm_core.runner.collect_step
+    original = Collector.step_batch
 
-    def collect_step(*args, **kwargs):
-        return parity_rewards(original(*args, **kwargs))
+    def step_batch(self):
+        return parity_rewards(original(self))
 
-    monkeypatch.setattr(pcm_core.runner, "collect_step", collect_step)
+    monkeypatch.setattr(Collector, "step_batch", step_batch)
 
 
 @pytest.fixture(autouse=True)

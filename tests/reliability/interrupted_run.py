@@ -16,7 +16,7 @@ import torch  # noqa: E402
 
 torch.set_num_threads(1)
 
-import pcm_core.runner  # noqa: E402
+from pcm_core.collectors import Collector  # noqa: E402
 from pcm_core.cli import main  # noqa: E402
 from pcm_core.learner import Learner  # noqa: E402
 
@@ -34,12 +34,12 @@ def interrupt(where: str) -> None:
             time.sleep(0.5)
 
 
-original_collect_step, original_backward = pcm_core.runner.collect_step, Learner.backward
+original_step_batch, original_backward = Collector.step_batch, Learner.backward
 
 
-def collect_step(*args, **kwargs):
+def step_batch(self):
     interrupt("rollout")
-    return original_collect_step(*args, **kwargs)
+    return original_step_batch(self)
 
 
 def backward(self, batch):
@@ -47,7 +47,7 @@ def backward(self, batch):
     return original_backward(self, batch)
 
 
-pcm_core.runner.collect_step, Learner.backward = collect_step, backward
+Collector.step_batch, Learner.backward = step_batch, backward
 sets = [*conftest.TINY, "train.steps=4", "train.checkpoint_every=0", f"train.output_dir={output}",
         f"train.sft.cache_dir={cache}", "tracking.enabled=false"]
 sys.exit(main([arg for value in sets for arg in ("--set", value)]))

@@ -17,6 +17,7 @@ from crashing_env import CrashingEnv, CrashingOptions
 from rich.console import Console
 
 from pcm_core import checkpoint, runner
+from pcm_core.collectors import draw_groups
 from pcm_core.config import ResolvedComponent, load_config, resolve_components
 from pcm_core.rollout import GroupSpec, collect, concat, drop_lost
 from pcm_core.types import ActionSpec, PolicyOutput, RolloutBatch
@@ -175,7 +176,7 @@ def test_run_with_a_segfaulting_worker(tmp_path, tiny_args):
     counters reach the metrics and the checkpoint, and resuming continues them exactly."""
     sets = tiny_args(tmp_path, "env.workers=2", "train.steps=2", "train.checkpoint_every=1", "env.options.max_steps=16")
     config = load_config(overrides=sets[1::2])
-    (doomed,) = runner.draw_groups(np.random.default_rng(config.train.seed), SimpleNamespace(num_tasks=6), 2)[1:]
+    (doomed,) = draw_groups(np.random.default_rng(config.train.seed), SimpleNamespace(num_tasks=6), 2)[1:]
     components = resolve_components(config)
     options = CrashingOptions(**config.env.options, crash_init_state=doomed.init_state)
     components["env"] = ResolvedComponent("env", "crashing", CrashingEnv, options)  # worker 1 holds group 1
