@@ -114,6 +114,10 @@ class TrainConfig(Section):
         "token, so long (failed) trajectories outweigh short successes when episodes end at success"
     )
     update_epochs: int = Field(1, gt=0, description="passes over the kept chunks per step")
+    skip_zero_advantage: bool = Field(
+        True, description="trajectories whose advantage is exactly 0 (groups with equal outcomes) take no forward/backward "
+        "when kl_coef is 0: their loss term is exactly 0, the normalisers still count them, so the update is unchanged"
+    )
     micro_batch_size: int = Field(64, gt=0, description="chunks per forward/backward")
     max_grad_norm: float = Field(1.0, gt=0.0)
     dynamic_sampling: bool = Field(False, description="refill groups whose outcomes are all equal")

@@ -91,7 +91,7 @@ class Learner:
         self.meter = SavedActivationMeter(policy.module)
         self.skipped_updates = 0  # optimizer steps skipped for a non-finite loss or gradient, in all
         self.consecutive_skips = 0  # ... since the last applied step
-        self._global_counts = torch.zeros(6, dtype=torch.float64)
+        self._global_counts = torch.zeros(7, dtype=torch.float64)
 
     def state_dict(self) -> tuple[dict[str, dict[str, Tensor]], dict[str, Any]]:
         """Everything the learner needs to go on exactly: (tensor groups, JSON data), in the
@@ -153,21 +153,37 @@ class Learner:
         offset, num_global = self.comm.offset(batch.num_trajectories)  # this rank's first global index, N
         seeds = step_seed + offset + torch.arange(batch.num_trajectories)  # one stream per global trajectory  [N_r]
         selection = select_per_trajectory(self.sampler, phases, batch.lengths, keep_probs, budgets, seeds)
-        self._global_counts = self.comm.sum(self._batch_counts(batch, selection))
+        backprop = self._backpropagated(selection, advantages)  # the kept chunks whose loss term is not 0
+        self._global_counts = self.comm.sum(self._batch_counts(batch, selection, backprop))
         weights = chunk_weights(
             selection, batch.lengths, batch.tokens.shape[-1], self.pcm.estimator, self.train.loss_aggregation,
             num_trajectories=num_global, num_kept=int(self._global_counts[0]), world_size=self.comm.world_size,
-        )  # w_c  [C_r]
-        compact_batch = compact(batch, selection, advantages, weights)
+        )  # w_c  [C_r], normalised over every kept chunk
+        weights = weights[backprop[selection.keep]]  # [C'_r]
+        if not backprop.any() and selection.keep.any():  # a placeholder, weight 0: this rank still runs its share
+            first = selection.keep.nonzero()[0]
+            backprop[first[0], first[1]] = True
+            weights = torch.zeros(1, dtype=torch.float64)
+        compact_batch = compact(batch, Selection(backprop, selection.inclusion_prob), advantages, weights)
         return SelectionResult(advantages, phases, scores, keep_probs.clone(), selection, compact_batch)
 
+    def _backpropagated(self, selection: Selection, advantages: Tensor) -> Tensor:
+        """``[N_r, T]`` bool: the kept chunks that take a forward/backward. With
+        ``train.skip_zero_advantage`` and no KL term, a trajectory whose advantage is exactly 0 (its
+        group's outcomes are all equal) adds exactly 0 to the loss and its gradient, so its kept
+        chunks are dropped; the loss normalisers still count them, so the update is unchanged."""
+        if self.train.skip_zero_advantage and self.train.kl_coef == 0:
+            return selection.keep & (advantages != 0)[:, None]
+        return selection.keep.clone()
+
     @staticmethod
-    def _batch_counts(batch: RolloutBatch, selection: Selection) -> Tensor:
-        """``[6]`` float64: kept chunks, trajectories, successes, mixed groups, groups, real chunks."""
+    def _batch_counts(batch: RolloutBatch, selection: Selection, backprop: Tensor) -> Tensor:
+        """``[7]`` float64: kept chunks, trajectories, successes, mixed groups, groups, real chunks,
+        backpropagated chunks."""
         uniform = uniform_groups(batch.rewards, batch.group_index)  # [M_r]
         return torch.tensor(
             [float(selection.keep.sum()), batch.num_trajectories, float(batch.rewards.sum()), float((~uniform).sum()),
-             uniform.numel(), float(batch.lengths.sum())],
+             uniform.numel(), float(batch.lengths.sum()), float(backprop.sum())],
             dtype=torch.float64,
         )
 
@@ -176,7 +192,7 @@ class Learner:
         runs the same number of micro-batches (FSDP gathers weights in each forward, DDP reduces
         gradients in the last backward)."""
         device = self.policy.device
-        wanted = math.ceil(len(batch) / self.train.micro_batch_size)  # this rank's micro-batches
+        wanted = math.ceil(int(batch.weights.ne(0).sum()) / self.train.micro_batch_size)  # this rank's micro-batches
         num_parts = int(self.comm.max(torch.tensor([float(wanted)])).item())  # the most any rank needs
         parts = balanced_parts(batch, num_parts)
         totals = {"loss": 0.0, "clip_fraction": 0.0}
@@ -217,6 +233,7 @@ class Learner:
             self.optimizer.zero_grad(set_to_none=True)  # stale gradients (e.g. left by SFT) never leak in
             with timer.section("forward_backward", device):
                 losses = self.backward(result.batch)
+                self._zero_missing_gradients()  # no chunk ran: a zero gradient, so Adam steps as it would on one
             with timer.section("optimizer", device):
                 self._set_learning_rate()
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.module.parameters(), self.train.max_grad_norm)
@@ -230,6 +247,11 @@ class Learner:
         self.policy.module.eval()
         self.parallel.after_update()  # FSDP: the full weights again, to act
         return self._metrics(batch, result, losses, self.parallel.full_value(grad_norm), device)
+
+    def _zero_missing_gradients(self) -> None:
+        for parameter in self.policy.module.parameters():
+            if parameter.requires_grad and parameter.grad is None:
+                parameter.grad = torch.zeros_like(parameter)
 
     def _update_is_finite(self, loss: float, grad_norm: torch.Tensor) -> bool:
         """Whether this update may reach the weights: a finite loss and gradient norm on every rank
@@ -251,7 +273,7 @@ class Learner:
     ) -> dict[str, float]:
         """The step's metrics, of the global batch where they describe it (success, kept chunks,
         loss); activation bytes are this rank's."""
-        kept, trajectories, successes, mixed, groups, chunks = self._global_counts.tolist()
+        kept, trajectories, successes, mixed, groups, chunks, backprop = self._global_counts.tolist()
         loss, clipped = self.comm.sum(
             torch.tensor([losses.get("loss", 0.0), losses.get("clip_fraction", 0.0) * len(result.batch)], dtype=torch.float64)
         ).tolist()
@@ -261,8 +283,9 @@ class Learner:
             "entropy": float(batch.entropy[batch.chunk_mask].mean()),  # mean action-token entropy of this rank's rollouts
             "kept_chunk_fraction": kept / max(chunks, 1),
             "kept_chunks": kept,
+            "backprop_chunk_fraction": backprop / max(chunks, 1),  # kept and with a non-zero loss term
             "loss": loss / self.comm.world_size,  # the weights carry a factor W
-            "clip_fraction": clipped / max(kept, 1),
+            "clip_fraction": clipped / max(backprop, 1),
             "grad_norm": grad_norm,
             "learning_rate": float(self.optimizer.param_groups[0]["lr"]),
             "faults/skipped_updates": float(self.skipped_updates),
