@@ -140,13 +140,18 @@ def inclusion_probabilities(chunk_weights: Tensor, budget: int) -> Tensor:
         capped |= over
 
 
-def sample_exact(pi: Tensor, generator: torch.Generator | None = None) -> Tensor:
+SampleOrder = Literal["random", "time"]
+
+
+def sample_exact(pi: Tensor, generator: torch.Generator | None = None, order: SampleOrder = "random") -> Tensor:
     """Draw ``k = round(sum pi)`` distinct chunks with ``P(t kept) = pi_t`` exactly.
 
-    Systematic sampling over a random permutation: lay the ``pi`` of the permuted chunks end to end
-    on ``[0, k)`` and keep the chunks hit by the points ``u, u + 1, ..., u + k - 1`` with
-    ``u ~ U[0, 1)``. Each interval has length ``pi_t <= 1``, so it is hit at most once, and with
-    probability exactly ``pi_t``.
+    Systematic sampling: lay the ``pi`` of the chunks end to end on ``[0, k)`` and keep the chunks
+    hit by the points ``u, u + 1, ..., u + k - 1`` with ``u ~ U[0, 1)``. Each interval has length
+    ``pi_t <= 1``, so it is hit at most once, and with probability exactly ``pi_t``. ``order``
+    says in which order the chunks are laid: ``random``, a random permutation (which chunks are
+    kept together is random); ``time``, their time order (stratified: the kept chunks are spread
+    over the trajectory, about one per unit of ``pi`` in every stretch of it).
 
     Args:
         pi: ``[T]`` inclusion probabilities in [0, 1] with an integer sum.
@@ -158,17 +163,23 @@ def sample_exact(pi: Tensor, generator: torch.Generator | None = None) -> Tensor
     k = int(round(float(pi.sum())))
     if k == 0:
         return torch.zeros(0, dtype=torch.long)
-    order = torch.randperm(pi.numel(), generator=generator)  # random permutation of the chunks
-    ends = torch.cumsum(pi.detach().cpu().to(torch.float64)[order], 0)  # interval ends on [0, k]
+    if order == "random":
+        laid = torch.randperm(pi.numel(), generator=generator)  # random permutation of the chunks
+    elif order == "time":
+        laid = torch.arange(pi.numel())
+    else:
+        raise ValueError(f"unknown sampling order '{order}' (expected 'random' or 'time')")
+    ends = torch.cumsum(pi.detach().cpu().to(torch.float64)[laid], 0)  # interval ends on [0, k]
     ends[-1] = k  # absorb float rounding: the points always fall inside [0, k)
     u = torch.rand((), generator=generator, dtype=torch.float64)  # u ~ U[0, 1)
     points = u + torch.arange(k, dtype=torch.float64)  # u, u + 1, ..., u + k - 1
     hit = torch.searchsorted(ends, points, right=True)  # interval containing each point
-    return order[hit].sort().values
+    return laid[hit].sort().values
 
 
 def select_chunks(
-    chunk_weights: Tensor, lengths: Tensor, budget: Tensor | int, generator: torch.Generator | None = None
+    chunk_weights: Tensor, lengths: Tensor, budget: Tensor | int, generator: torch.Generator | None = None,
+    order: SampleOrder = "random",
 ) -> Selection:
     """Per trajectory: ``inclusion_probabilities`` then ``sample_exact`` over its real chunks.
 
@@ -187,7 +198,7 @@ def select_chunks(
     for i, length in enumerate(lengths.tolist()):
         pi = inclusion_probabilities(chunk_weights[i, :length], budgets[i])  # pi_t  [T_i]
         inclusion[i, :length] = pi
-        keep[i, sample_exact(pi, generator)] = True
+        keep[i, sample_exact(pi, generator, order)] = True
     return Selection(keep=keep, inclusion_prob=inclusion)
 
 

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
+from pydantic import Field
 from torch import Tensor
 
 from pcm_core.algo.pcm import select_chunks
-from pcm_core.interfaces import BudgetSampler
+from pcm_core.interfaces import BudgetSampler, Options
 from pcm_core.types import Selection
 from pcm_phases.proxies import NoOptions
+
+
+class SamplingOptions(Options):
+    order: Literal["random", "time"] = Field(
+        "random", description="how systematic sampling lays the chunks: random (a random permutation) or time "
+        "(time order: the same pi_t, kept chunks spread over each phase)"
+    )
 
 
 def _real_chunks(phases: Tensor, lengths: Tensor) -> Tensor:
@@ -21,24 +31,24 @@ class PCMSampler(BudgetSampler):
     """PCM: chunk weight ``q[phase]``, inclusion probabilities ``pi_t = min(1, c q)`` summing to
     ``B_i``, then exactly that many distinct chunks with these marginals."""
 
-    Options = NoOptions
+    Options = SamplingOptions
 
     def select(
         self, phases: Tensor, lengths: Tensor, keep_probs: Tensor, budget: Tensor, generator: torch.Generator | None = None
     ) -> Selection:
         weights = keep_probs.to(phases.device)[phases.clamp(0, keep_probs.numel() - 1)]  # q_{phase(t)}  [N, T]
-        return select_chunks(weights, lengths, budget, generator)
+        return select_chunks(weights, lengths, budget, generator, self.options.order)
 
 
 class UniformSampler(BudgetSampler):
     """Random masking baseline: ``B_i`` chunks uniformly at random, ``pi_t = B_i / T_i``."""
 
-    Options = NoOptions
+    Options = SamplingOptions
 
     def select(
         self, phases: Tensor, lengths: Tensor, keep_probs: Tensor, budget: Tensor, generator: torch.Generator | None = None
     ) -> Selection:
-        return select_chunks(torch.ones(phases.shape), lengths, budget, generator)
+        return select_chunks(torch.ones(phases.shape), lengths, budget, generator, self.options.order)
 
 
 class AllSampler(BudgetSampler):

@@ -117,13 +117,14 @@ def test_exact_budget_and_valid_probabilities(weights, budget, seed):
         ([1.0, 0.0, 0.0, 0.0, 0.0, 0.0], 3),  # remainder spread over zero-weight chunks
     ],
 )
-def test_empirical_inclusion_frequencies_match_pi(weights, budget):
+@pytest.mark.parametrize("order", ["random", "time"])
+def test_empirical_inclusion_frequencies_match_pi(weights, budget, order):
     draws = 4_000
     pi = inclusion_probabilities(torch.tensor(weights), budget)
     gen = torch.Generator().manual_seed(1234)
     kept = torch.zeros(draws, pi.numel(), dtype=torch.bool)
     for d in range(draws):
-        kept[d, sample_exact(pi, gen)] = True
+        kept[d, sample_exact(pi, gen, order)] = True
     assert bool((kept.sum(1) == budget).all())  # exactly B every time
     frequency = kept.double().mean(0)
     tolerance = 4 * (pi * (1 - pi) / draws).sqrt() + 1e-12  # 4 standard errors (at most 0.032)
@@ -131,6 +132,18 @@ def test_empirical_inclusion_frequencies_match_pi(weights, budget):
     # power: the frequencies reject a wrong pi, e.g. the uniform B / T
     uniform = torch.full_like(pi, budget / pi.numel())
     assert bool(((frequency - uniform).abs() > 4 * (uniform * (1 - uniform) / draws).sqrt()).any())
+
+
+def test_time_order_keeps_one_chunk_in_every_unit_of_pi():
+    """Time-ordered systematic sampling with uniform pi = 3 / 12: exactly one kept chunk in each
+    block of 4 consecutive chunks (a random order puts two in one block in most draws)."""
+    pi = torch.full((12,), 0.25, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        index = sample_exact(pi, gen, "time")
+        assert sorted((index // 4).tolist()) == [0, 1, 2]
+    clumped = sum(len(set((sample_exact(pi, gen, "random") // 4).tolist())) < 3 for _ in range(200))
+    assert clumped > 100
 
 
 def test_select_chunks_ignores_padding():
