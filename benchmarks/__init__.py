@@ -5,7 +5,7 @@ configurations interleaved over repeats and reported as min / median / max.
 """
 
 BENCHMARKS = ("grad_update", "activation_memory", "time_to_success", "ablations", "gradient_noise", "distributed_scaling",
-              "warm_starts")
+              "warm_starts", "phase_signal")
 
 BACKEND_BENCHMARKS = ("libero_env_throughput", "maniskill_env_throughput")
 """Benchmarks that need a backend extra (``[libero]``, ``[maniskill]``); run by name only, never by ``all``."""

@@ -29,9 +29,8 @@ from typing import Any
 import torch
 
 from benchmarks.common import (
-    CONFIGS, QUICK_TRAINING, batch_gradient, build_env, build_policy, collect_batch, config_for, fold_into_keep_probs,
-    machine, machine_line, make_learner, masked_gradient, resolve_device, seed_everything, table, train_to_end,
-    write_outputs,
+    CONFIGS, QUICK_TRAINING, batch_gradient, collect_batch, config_for, fold_into_keep_probs, machine, machine_line,
+    make_learner, masked_gradient, start_on_batch, table, train_to_end, write_outputs,
 )
 from pcm_core.config import load_config
 from pcm_core.plots import pyplot
@@ -106,14 +105,11 @@ def train_variants(s: dict[str, Any], quick: bool, device: str, log=print) -> di
 
 def run(quick: bool, device: str, out: Path, args: argparse.Namespace | None = None, log=print) -> dict[str, Any]:
     s = settings(quick, args)
-    dev = resolve_device(device)
-    seed_everything(s["seed"])
     started = time.perf_counter()
     common = [f"env.options.max_steps={s['max_steps']}", "train.micro_batch_size=64",
               f"train.tasks_per_step={s['groups']}", f"train.group_size={s['group_size']}"]
     base = config_for("pcm", s["budget"], s["size"], overrides=common)
-    env = build_env(base, s["groups"] * s["group_size"])
-    policy = build_policy(base, dev)
+    dev, env, policy = start_on_batch(s, device, base)
     warm = None
     if s["warm_start"]:
         from pcm_core.warm_start import warm_start

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import (
-    apply_batch_args, build_env, build_policy, collect_batch, config_for, machine, machine_line, make_learner,
-    resolve_device, seed_everything, table, write_outputs,
+    apply_batch_args, build_policy, collect_batch, config_for, machine, machine_line, make_learner, start_on_batch,
+    table, write_outputs,
 )
 from pcm_core.plots import pyplot
 from pcm_core.profiling import StepTimer
@@ -119,12 +119,9 @@ def figure(result: dict[str, Any]):
 
 def run(quick: bool, device: str, out: Path, args: argparse.Namespace | None = None, log=print) -> dict[str, Any]:
     s = settings(quick, args)
-    dev = resolve_device(device)
-    seed_everything(s["seed"])
     started = time.perf_counter()
-    base = config_for("all", 12, "1m", overrides=[f"env.options.max_steps={s['max_steps']}"])
-    env = build_env(base, s["groups"] * s["group_size"])
-    batch, notes = collect_batch(build_policy(base, dev), env, s["groups"], s["group_size"], s["seed"])
+    dev, env, policy = start_on_batch(s, device, config_for("all", 12, "1m", overrides=[f"env.options.max_steps={s['max_steps']}"]))
+    batch, notes = collect_batch(policy, env, s["groups"], s["group_size"], s["seed"])
     env.close()
     result: dict[str, Any] = {"benchmark": "activation_memory", "machine": machine(), "device": str(dev),
                               "settings": s, "batch": notes, "runs": []}

@@ -124,6 +124,15 @@ def build_env(config: RunConfig, num_envs: int):
     return resolve_components(config)["env"].build(num_envs=num_envs, seed=config.train.seed)
 
 
+def start_on_batch(s: dict[str, Any], device: str, base: RunConfig) -> tuple[torch.device, Any, Any]:
+    """The shared start of the batch benchmarks: the device, the seed ``s["seed"]``, and ``base``'s
+    env of ``s["groups"] x s["group_size"]`` envs and policy. Returns (device, env, policy)."""
+    dev = resolve_device(device)
+    seed_everything(s["seed"])
+    env = build_env(base, s["groups"] * s["group_size"])
+    return dev, env, build_policy(base, dev)
+
+
 def make_learner(policy, config: RunConfig) -> Learner:
     """A learner for ``policy`` with the segmenter, proxy and sampler ``config`` names."""
     c = resolve_components(config)

@@ -21,8 +21,8 @@ from typing import Any
 import torch
 
 from benchmarks.common import (
-    apply_batch_args, build_env, build_policy, collect_batch, config_for, fmt_range, machine, machine_line, make_learner,
-    resolve_device, seed_everything, stats, table, write_outputs,
+    apply_batch_args, build_policy, collect_batch, config_for, fmt_range, machine, machine_line, make_learner,
+    start_on_batch, stats, table, write_outputs,
 )
 from pcm_core.plots import pyplot
 from pcm_core.profiling import StepTimer
@@ -191,13 +191,9 @@ def figure(result: dict[str, Any]):
 
 def run(quick: bool, device: str, out: Path, args: argparse.Namespace | None = None, log=print) -> dict[str, Any]:
     s = settings(quick, args)
-    dev = resolve_device(device)
-    seed_everything(s["seed"])
     started = time.perf_counter()
-    base = config_for("all", 12, "1m", overrides=[f"env.options.max_steps={s['max_steps']}"])
-    env = build_env(base, s["groups"] * s["group_size"])
-    collector = build_policy(base, dev)
-    batch, notes = collect_batch(collector, env, s["groups"], s["group_size"], s["seed"])
+    dev, env, policy = start_on_batch(s, device, config_for("all", 12, "1m", overrides=[f"env.options.max_steps={s['max_steps']}"]))
+    batch, notes = collect_batch(policy, env, s["groups"], s["group_size"], s["seed"])
     env.close()
     log(f"batch: {notes['trajectories']} trajectories x {notes['chunks_per_trajectory'][0]} chunks "
         f"(rollout {notes['rollout_s']:.1f}s, relabelled={notes['relabelled']})")

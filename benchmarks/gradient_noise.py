@@ -41,8 +41,8 @@ import torch
 from torch import Tensor
 
 from benchmarks.common import (
-    batch_gradient, build_env, build_policy, collect_batch, fold_into_keep_probs, machine, machine_line, make_learner,
-    masked_gradient, resolve_device, seed_everything, table, write_outputs,
+    batch_gradient, collect_batch, fold_into_keep_probs, machine, machine_line, make_learner, masked_gradient,
+    start_on_batch, table, write_outputs,
 )
 from pcm_core.config import RunConfig, load_config
 from pcm_core.plots import pyplot
@@ -110,12 +110,9 @@ def noise_split(grads: Tensor) -> dict[str, float]:
 
 def run(quick: bool, device: str, out: Path, args: argparse.Namespace | None = None, log=print) -> dict[str, Any]:
     s = settings(quick, args)
-    dev = resolve_device(device)
-    seed_everything(s["seed"])
     started = time.perf_counter()
     base = variant_config(s, "all", 12)
-    env = build_env(base, s["groups"] * s["group_size"])
-    policy = build_policy(base, dev)
+    dev, env, policy = start_on_batch(s, device, base)
     pretrained = getattr(getattr(policy, "options", None), "path", None)
     warm = None  # as pcm-run: a policy loaded from a path is used as is, otherwise the cached SFT warm start
     if s["warm_start"] and pretrained is not None:

@@ -67,6 +67,9 @@ class EnvBackend(Component):
     repeats its last observation until the next ``reset``.
     """
 
+    phase_names: ClassVar[tuple[str, ...] | None] = None
+    """Names of the phase labels the env reports in ``info["phase"]`` (0, 1, ...), if it reports them."""
+
     def __init__(self, options: Options, num_envs: int, seed: int = 0) -> None:
         super().__init__(options)
         self.num_envs = num_envs
@@ -189,6 +192,12 @@ class PhaseSegmenter(Component):
     @abstractmethod
     def num_phases(self) -> int:
         """P."""
+
+    @property
+    def phase_names(self) -> list[str]:
+        """``P`` names of the phases, in id order, for tables and plots (``phase 0``, ``phase 1``, ...
+        unless the segmenter knows better)."""
+        return [f"phase {k}" for k in range(self.num_phases)]
 
     @abstractmethod
     def segment(self, batch: RolloutBatch) -> Tensor:

@@ -166,6 +166,7 @@ class TabletopEnv(EnvBackend):
     """
 
     Options = TabletopOptions
+    phase_names = ("approach", "align + grasp", "transport", "place / release")  # info["phase"] 0..3
 
     def __init__(self, options: TabletopOptions, num_envs: int, seed: int = 0) -> None:
         super().__init__(options, num_envs, seed)

@@ -25,6 +25,7 @@ EXPECTED_KEYS = {
                         "step_time_ratio", "steps_to_target_ratio", "device"],
     "ablations": ["machine", "settings", "variants", "full_gradient_norm2"],
     "gradient_noise": ["machine", "settings", "variants", "effective_batch_fraction_at_b12"],
+    "phase_signal": ["machine", "settings", "device", "warm_start", "batches", "segmenters"],
 }
 
 
@@ -94,7 +95,25 @@ def check_ablations(result):
     assert variants["iw estimator"]["keep_probs"] == variants["pcm (default)"]["keep_probs"]  # same q, other weights
 
 
+def check_phase_signal(result):
+    reports = result["segmenters"]
+    assert set(reports) == {"env", "gripper"}  # the env's labels and the embedded default's segmenter
+    assert [p["name"] for p in reports["env"]["phases"]] == ["approach", "align + grasp", "transport", "place / release"]
+    assert [p["name"] for p in reports["gripper"]["phases"]] == ["0 toggles", "1 toggle", "2 toggles", "3+ toggles"]
+    real_chunks = sum(sum(batch["chunks_per_trajectory"]) for batch in result["batches"])
+    for name, report in reports.items():
+        phases = report["phases"]
+        assert sum(p["chunks"] for p in phases) == real_chunks, name  # every real chunk in one phase
+        for key in ("chunk_share", "signal_share", "noise_share"):  # shares over the phases
+            assert sum(p[key] for p in phases) == pytest.approx(1.0, abs=1e-9), (name, key)
+        assert report["decomposition_error"] < 1e-5, name  # the phase gradients add up to the full gradient
+        for p in phases:
+            if p["noise"] > 0:
+                assert p["signal_to_noise"] == pytest.approx(p["signal"] / p["noise"], rel=1e-12), (name, p["name"])
+
+
 VALUE_CHECKS = {
+    "phase_signal": check_phase_signal,
     "activation_memory": check_activation_memory,
     "gradient_noise": check_gradient_noise,
     "grad_update": check_grad_update,
@@ -120,6 +139,11 @@ def test_benchmark_tiny_writes_outputs(name, tmp_path):
         for variant, measured in result["variants"].items():
             (run,) = measured["training"]["runs"]
             assert 0.0 <= run["warm_start_success"] <= 1.0 and 0.0 <= run["final_success"] <= 1.0, variant
+    if name == "phase_signal":  # every table names its phases
+        text = (tmp_path / "phase_signal.md").read_text()
+        for report in result["segmenters"].values():
+            for phase in report["phases"]:
+                assert f"| {phase['name']} |" in text, phase["name"]
     if name == "time_to_success":  # PCM runs twice GRPO's steps, both from the one warm start
         assert {run["method"]: run["steps"] for run in result["runs"]} == {"grpo": 1, "pcm": 2}
         assert {run["config"]["train"]["sft"]["seed"] for run in result["runs"]} == {0}
@@ -184,6 +208,21 @@ def test_noise_split_on_a_hand_made_batch():
     assert split["signal2"] == pytest.approx(12.0)  # 4^2 minus the variance of the mean, 8 / K
     assert split["signal_to_noise"] == pytest.approx(12.0 / 9.0)
     assert steps_ratio(0.25) == pytest.approx(2.0)  # a quarter of the information: half the progress per step
+
+
+def test_phase_signal_estimates_the_signal_without_bias_on_a_hand_made_pair():
+    from benchmarks.phase_signal import shares, signal_and_noise
+
+    # two batches of a two-parameter gradient: mean (2, 1), deviations (-1, -1) and (1, 1)
+    split = signal_and_noise(torch.tensor([[1.0, 0.0], [3.0, 2.0]], dtype=torch.float64))
+    assert split["noise"] == pytest.approx(4.0)  # sum_j Var_b: (1 + 1) / (K - 1) for each of the two parameters
+    assert split["signal"] == pytest.approx(3.0)  # ||(2, 1)||^2 = 5, minus the variance of the mean, 4 / K
+    assert signal_and_noise(torch.ones(3, 4))["noise"] == 0.0  # equal batches: no noise, the signal is ||g||^2
+    assert signal_and_noise(torch.ones(3, 4))["signal"] == pytest.approx(4.0)
+    assert shares([3.0, -1.0]) == [1.5, -0.5]  # an estimate below 0 keeps its sign; the shares still sum to 1
+    assert all(math.isnan(x) for x in shares([0.0, 0.0]))
+    with pytest.raises(ValueError, match="at least 2 batches"):
+        signal_and_noise(torch.ones(1, 4))
 
 
 def test_noise_split_recovers_known_batch_and_mask_noise():

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "algo"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository: benchmarks.common
 from tiny_policy import TinyBackend, make_batch  # noqa: E402
 
 from benchmarks.common import group_shard  # noqa: E402
@@ -108,3 +109,17 @@ def run_single(sampler: str) -> dict:
     segmenter, proxy, chosen, pcm, train = parts(sampler)
     learner = Learner(TinyBackend(), segmenter, proxy, chosen, pcm, train)
     return train_steps(learner, lambda b: b)
+
+
+if __name__ == "__main__":  # under torchrun: python -m torch.distributed.run ... parity_worker.py SAMPLER FOLDER
+    import os
+
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")  # torchrun's env:// rendezvous
+    rank, world_size = dist.get_rank(), dist.get_world_size()
+    learner = rank_learner(rank, world_size, "ddp", *parts(sys.argv[1]))
+    result = train_steps(learner, lambda b: b.select_trajectories(group_shard(b.group_index, rank, world_size)))
+    torch.save(result, os.path.join(sys.argv[2], f"rank_{rank}.pt"))
+    dist.destroy_process_group()

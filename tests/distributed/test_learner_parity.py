@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -62,3 +65,18 @@ def test_a_nan_on_one_rank_skips_the_update_on_every_rank(tmp_path):
     first, second = (torch.load(tmp_path / f"rank_{r}.pt") for r in range(2))
     assert first["skipped"] == second["skipped"] == 1  # rank 0's own loss was finite
     assert torch.equal(first["params"], second["params"])  # the replicas stayed equal
+
+
+def test_torchrun_ranks_keep_the_chunks_of_one_process(tmp_path):
+    """The same under torchrun (two gloo ranks, env:// rendezvous), for the pcm sampler: identical
+    kept-chunk masks and the same first update as the one-process learner."""
+    plain = parity_worker.run_single("pcm")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+               parity_worker.__file__, "pcm", str(tmp_path)]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    first, second = (torch.load(tmp_path / f"rank_{r}.pt") for r in range(2))
+    assert torch.equal(torch.cat([first["keep"][0], second["keep"][0]]), plain["keep"][0])
+    assert not bool(plain["keep"][0].all())  # chunks were dropped
+    assert first["loss"][0] == pytest.approx(plain["loss"][0], rel=1e-12)
+    assert (first["params"] - plain["params"]).abs().max() < 1e-6
