@@ -192,7 +192,8 @@ class Learner:
         runs the same number of micro-batches (FSDP gathers weights in each forward, DDP reduces
         gradients in the last backward)."""
         device = self.policy.device
-        wanted = math.ceil(int(batch.weights.ne(0).sum()) / self.train.micro_batch_size)  # this rank's micro-batches
+        chunks = len(batch) if bool(batch.weights.ne(0).any()) else 0  # a zero-weight placeholder alone needs none
+        wanted = math.ceil(chunks / self.train.micro_batch_size)  # this rank's micro-batches
         num_parts = int(self.comm.max(torch.tensor([float(wanted)])).item())  # the most any rank needs
         parts = balanced_parts(batch, num_parts)
         totals = {"loss": 0.0, "clip_fraction": 0.0}
