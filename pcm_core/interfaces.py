@@ -107,6 +107,14 @@ class EnvBackend(Component):
     def step(self, actions: np.ndarray) -> StepResult:
         """Apply ``actions`` ``[B, D]`` and advance every env that is not done."""
 
+    def guard_actions(self, actions: np.ndarray, dtype: type = np.float64) -> np.ndarray:
+        """``actions`` as a ``[B, 7]`` array of ``dtype`` in ``[-1, 1]`` (NaN -> 0, +-inf -> the
+        bounds); any other shape is a clear error."""
+        actions = np.asarray(actions, dtype=dtype)
+        if actions.shape != (self.num_envs, 7):
+            raise ValueError(f"actions must be [{self.num_envs}, 7], got {list(actions.shape)}")
+        return np.clip(np.nan_to_num(actions), -1.0, 1.0)
+
     def step_chunk(self, actions: np.ndarray) -> list[StepResult]:
         """Apply the K actions of a chunk ``[B, K, D]`` in order: one :class:`StepResult` per action.
 

@@ -229,10 +229,7 @@ class LiberoEnv(EnvBackend):
         """Apply ``actions`` ``[B, 7]`` (clipped to ``[-1, 1]``) to every env that is not done."""
         if not self._slots or any(slot.env is None for slot in self._slots):
             raise RuntimeError("call reset() before step()")
-        actions = np.asarray(actions, dtype=np.float64)
-        if actions.shape != (self.num_envs, 7):
-            raise ValueError(f"actions must be [{self.num_envs}, 7], got {list(actions.shape)}")
-        actions = np.clip(np.nan_to_num(actions), -1.0, 1.0)
+        actions = self.guard_actions(actions)
         limit = self.max_steps
         for slot, action in zip(self._slots, actions):
             if slot.success or slot.steps >= limit:

@@ -244,10 +244,7 @@ class ManiSkillEnv(EnvBackend):
         """Apply ``actions`` ``[B, 7]`` to every env that is not done (module docstring)."""
         if not self._started:
             raise RuntimeError("call reset() before step()")
-        actions = np.asarray(actions, dtype=np.float32)
-        if actions.shape != (self.num_envs, 7):
-            raise ValueError(f"actions must be [{self.num_envs}, 7], got {list(actions.shape)}")
-        a = np.clip(np.nan_to_num(actions), -1.0, 1.0)
+        a = self.guard_actions(actions, np.float32)
         close = a[:, 6] > 0  # ours: +1 closes
         a[:, 6] = np.where(close, -1.0, 1.0)  # ManiSkill: -1 closed, +1 open
         active = ~self.done  # [B]

@@ -230,11 +230,8 @@ class TabletopEnv(EnvBackend):
         """One step of every env; ``obs`` is empty unless ``observe``."""
         if not self._started:
             raise RuntimeError("call reset() before step()")
-        actions = np.asarray(actions, dtype=np.float64)
-        if actions.shape != (self.num_envs, 7):
-            raise ValueError(f"actions must be [{self.num_envs}, 7], got {list(actions.shape)}")
+        a = self.guard_actions(actions)
         active = ~self._done()  # [B]
-        a = np.clip(np.nan_to_num(actions), -1.0, 1.0)
         opt = self.options
 
         move = a[:, :3] * opt.max_translation * active[:, None]
