@@ -147,3 +147,75 @@ def figure(result: dict[str, Any]):
     right.set_ylabel("rollout action-token entropy")
     left.legend(fontsize=7)
     return fig
+
+
+def paired(named: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Several ``warm_starts`` results on the same seeds (the same warm starts), compared seed by
+    seed: per method the mean gain and its standard error, and against the first method the mean
+    of the per-seed differences of the end success, with its standard error (the paired test)."""
+    seeds = sorted(set.intersection(*({r["seed"] for r in result["runs"]} for result in named.values())))
+    by = {name: {r["seed"]: r for r in result["runs"]} for name, result in named.items()}
+    reference = next(iter(named))
+
+    def mean_se(values: list[float]) -> tuple[float, float]:
+        se = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else math.nan
+        return statistics.mean(values), se
+
+    methods = {}
+    for name in named:
+        gains = [by[name][seed]["gain_points"] for seed in seeds]
+        diffs = [100.0 * (by[name][seed]["end_success"] - by[reference][seed]["end_success"]) for seed in seeds]
+        methods[name] = {
+            "gain_points": mean_se(gains), "end_minus_reference_points": mean_se(diffs),
+            "entropy_rise_max": max(by[name][seed]["entropy_rise"] for seed in seeds),
+            "per_seed_end": [by[name][seed]["end_success"] for seed in seeds],
+            "config": named[name]["settings"]["config"], "overrides": named[name]["settings"]["overrides"],
+        }
+    return {"benchmark": "warm_starts_paired", "reference": reference, "seeds": seeds,
+            "start_success": [by[reference][seed]["start_success"] for seed in seeds], "methods": methods,
+            "machine": next(iter(named.values()))["machine"], "device": next(iter(named.values()))["device"]}
+
+
+def paired_markdown(result: dict[str, Any]) -> str:
+    seeds, ref = result["seeds"], result["reference"]
+    rows = []
+    for name, m in result["methods"].items():
+        gain, gain_se = m["gain_points"]
+        diff, diff_se = m["end_minus_reference_points"]
+        rows.append([name, f"`{m['config']}` {' '.join(o for o in m['overrides'] if not o.startswith('train.device'))}",
+                     *(f"{x:.3f}" for x in m["per_seed_end"]), f"{gain:+.1f} +- {gain_se:.1f}",
+                     "-" if name == ref else f"{diff:+.1f} +- {diff_se:.1f}", f"{m['entropy_rise_max']:+.3f}"])
+    return "\n".join([
+        "# warm_starts, paired: the same warm starts (SFT seed = RL seed) under each method",
+        "",
+        f"{machine_line(result['machine'], result['device'])} Seeds {seeds}; eval success at the start "
+        f"{' / '.join(f'{x:.3f}' for x in result['start_success'])} (the same for every method); end success per seed; "
+        "gain = end - start in points, mean +- standard error over seeds; the paired difference is each seed's end "
+        f"success minus {ref}'s, mean +- standard error.",
+        "",
+        table(["method", "config", *(f"end, seed {s}" for s in seeds), "gain (points)", f"end - {ref} (points)",
+               "largest entropy rise"], rows),
+    ])
+
+
+def paired_figure(result: dict[str, Any]):
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for name, m in result["methods"].items():
+        ax.plot(result["seeds"], m["per_seed_end"], marker="o", label=name)
+    ax.plot(result["seeds"], result["start_success"], "k--", marker="x", label="warm start")
+    ax.set_xlabel("seed (its own warm start)")
+    ax.set_ylabel("eval success after training")
+    ax.legend()
+    return fig
+
+
+if __name__ == "__main__":  # python -m benchmarks.warm_starts NAME=RESULT.json ... --out DIR
+    import json
+    import sys
+
+    out = Path(sys.argv[sys.argv.index("--out") + 1]) if "--out" in sys.argv else Path("benchmarks/results")
+    pairs = [arg.split("=", 1) for arg in sys.argv[1:] if "=" in arg]
+    result = paired({name: json.loads(Path(path).read_text()) for name, path in pairs})
+    write_outputs(out, "warm_starts_paired", result, paired_markdown(result), paired_figure(result))
+    print(paired_markdown(result))

@@ -26,6 +26,7 @@ EXPECTED_KEYS = {
     "ablations": ["machine", "settings", "variants", "full_gradient_norm2"],
     "gradient_noise": ["machine", "settings", "variants", "effective_batch_fraction_at_b12"],
     "phase_signal": ["machine", "settings", "device", "warm_start", "batches", "segmenters"],
+    "warm_starts": ["machine", "settings", "device", "runs", "seeds", "min_gain_points", "max_entropy_rise"],
 }
 
 
@@ -112,7 +113,16 @@ def check_phase_signal(result):
                 assert p["signal_to_noise"] == pytest.approx(p["signal"] / p["noise"], rel=1e-12), (name, p["name"])
 
 
+def check_warm_starts(result):
+    (run,) = result["runs"]
+    assert result["seeds"] == 1 and run["config"]["train"]["sft"]["seed"] is None  # its own warm start: SFT seed = RL seed
+    assert result["min_gain_points"] == pytest.approx(100 * (run["end_success"] - run["start_success"]))
+    assert result["max_entropy_rise"] == pytest.approx(run["entropy_last"] - run["entropy_first"])
+    assert len(run["curves"]["entropy"]) == run["config"]["train"]["steps"]
+
+
 VALUE_CHECKS = {
+    "warm_starts": check_warm_starts,
     "phase_signal": check_phase_signal,
     "activation_memory": check_activation_memory,
     "gradient_noise": check_gradient_noise,
@@ -335,3 +345,20 @@ def test_results_hold_no_value_json_cannot_read(tmp_path):
     write_outputs(tmp_path, "case", payload, "| a |", plt.figure())
     assert json.loads((tmp_path / "case.json").read_text()) == {"speedup": None, "times": [1.5, None], "nested": {"t": None}}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["case.json", "case.md", "case.png"]  # no temporary left
+
+
+def test_warm_starts_pairs_methods_seed_by_seed():
+    """Hand-made results of two methods on seeds 0-2: the paired difference and its standard error."""
+    from benchmarks.warm_starts import paired
+
+    def result(ends):
+        runs = [{"seed": s, "start_success": 0.2, "end_success": e, "gain_points": 100 * (e - 0.2), "entropy_rise": 0.01 * s}
+                for s, e in enumerate(ends)]
+        return {"runs": runs, "settings": {"config": "c.yaml", "overrides": []}, "machine": {}, "device": "cpu"}
+
+    out = paired({"grpo": result([0.5, 0.3, 0.4]), "pcm": result([0.4, 0.3, 0.2])})
+    assert out["seeds"] == [0, 1, 2] and out["reference"] == "grpo"
+    diff, se = out["methods"]["pcm"]["end_minus_reference_points"]  # -10, 0, -20 points
+    assert diff == pytest.approx(-10.0) and se == pytest.approx(10.0 / 3 ** 0.5)
+    assert out["methods"]["grpo"]["gain_points"][0] == pytest.approx(20.0)
+    assert out["methods"]["pcm"]["entropy_rise_max"] == pytest.approx(0.02)
