@@ -50,10 +50,10 @@ class PolicyConfig(Section):
 class PCMConfig(Section):
     budget: int = Field(12, gt=0, description="B: chunks kept per trajectory (all when T_i <= B)")
     budget_scaling: Literal["fixed", "length"] = Field(
-        "length",
-        description="length: a trajectory of T_i chunks keeps round(B T_i / T), at least 1, T the episode horizon in "
-        "chunks (the env's step limit / K), the same fraction B / T of every trajectory (2 chunks of a solved 11-chunk "
-        "episode); fixed: every trajectory keeps min(B, T_i) (the paper), a short solved episode whole. Equal at T_i = T",
+        "fixed",
+        description="fixed: every trajectory keeps min(B, T_i) (the paper), a short solved episode whole; length: a "
+        "trajectory of T_i chunks keeps round(B T_i / T), at least 1, T the episode horizon in chunks (the env's step "
+        "limit / K), the same fraction B / T of every trajectory (2 chunks of a solved 11-chunk episode). Equal at T_i = T",
     )
     segmenter: str = Field("gripper", description="phase segmenter")
     segmenter_options: dict[str, Any] = Field(default_factory=dict)
