@@ -115,6 +115,16 @@ def apply_batch_args(s: dict[str, Any], args: Any) -> None:
             s[key] = value
 
 
+def apply_config_arg(s: dict[str, Any], args: Any, quick: bool) -> None:
+    """``--config FILE`` into benchmark settings ``s``: the file, and in full mode its batch shape
+    (``train.tasks_per_step`` x ``train.group_size``); quick mode keeps its small one."""
+    if getattr(args, "config", None):
+        s["config"] = str(args.config)
+        if not quick:
+            train = load_config(args.config).train
+            s.update(groups=train.tasks_per_step, group_size=train.group_size)
+
+
 def build_policy(config: RunConfig, device: torch.device):
     components = resolve_components(config)
     return components["policy"].build().to(device)

@@ -41,6 +41,7 @@ import torch
 from torch import Tensor
 
 from benchmarks.common import (
+    apply_config_arg,
     batch_gradient, collect_batch, fold_into_keep_probs, machine, machine_line, make_learner, masked_gradient,
     start_on_batch, table, write_outputs,
 )
@@ -61,11 +62,7 @@ def settings(quick: bool, args: argparse.Namespace | None = None) -> dict[str, A
                          "batches": 3 if quick else 8, "masks": 2 if quick else 3, "history_batches": 1 if quick else 2,
                          "max_steps": None, "seed": 0, "warm_start": not quick, "variants": dict(VARIANTS)}
     if args is not None:
-        if getattr(args, "config", None):
-            s["config"] = str(args.config)
-            if not quick:
-                train = load_config(args.config).train
-                s.update(groups=train.tasks_per_step, group_size=train.group_size)
+        apply_config_arg(s, args, quick)
         for key in ("groups", "group_size", "max_steps"):
             if getattr(args, key, None):
                 s[key] = getattr(args, key)

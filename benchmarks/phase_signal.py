@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 
 from benchmarks.common import (
+    apply_config_arg,
     QUICK_TRAINING, batch_gradient, build_env, build_policy, collect_batch, machine, machine_line, make_learner,
     resolve_device, seed_everything, table, write_outputs,
 )
@@ -56,11 +57,7 @@ def settings(quick: bool, args: argparse.Namespace | None = None) -> dict[str, A
                          "batches": 3 if quick else 8, "seed": 0, "throwaway_cache": quick, "relabel": quick,
                          "overrides": list(QUICK_TRAINING[1:3]) if quick else []}
     if args is not None:
-        if getattr(args, "config", None):
-            s["config"] = str(args.config)
-            if not quick:
-                train = load_config(args.config).train
-                s.update(groups=train.tasks_per_step, group_size=train.group_size)
+        apply_config_arg(s, args, quick)
         if getattr(args, "tiny", False):
             s.update(groups=1, group_size=2, batches=2, throwaway_cache=True, relabel=True,
                      overrides=["env.options.max_steps=128", "train.sft.demos=4", "train.sft.epochs=1"])
