@@ -1,7 +1,6 @@
 """The learner hands the sampler each trajectory's budget B_i (pcm.budget_scaling)."""
 
 import pytest
-import torch
 from tiny_policy import TinyBackend, make_batch
 
 from pcm_core.config import PCMConfig, TrainConfig
