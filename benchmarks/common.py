@@ -143,6 +143,20 @@ def start_on_batch(s: dict[str, Any], device: str, base: RunConfig) -> tuple[tor
     return dev, env, build_policy(base, dev)
 
 
+def warm_start_of(policy, env, config: RunConfig, log: Callable[[str], Any] = print) -> str | None:
+    """Start ``policy`` as ``pcm-run`` does: a policy loaded from a path as it is, otherwise the
+    cached SFT warm start when ``train.sft`` is enabled. Returns where its weights came from (None:
+    random init)."""
+    pretrained = getattr(getattr(policy, "options", None), "path", None)
+    if pretrained is not None:
+        return str(pretrained)
+    if config.train.sft.enabled:
+        from pcm_core.warm_start import warm_start
+
+        return str(warm_start(policy, env, config, log=log))
+    return None
+
+
 def make_learner(policy, config: RunConfig) -> Learner:
     """A learner for ``policy`` with the segmenter, proxy and sampler ``config`` names."""
     c = resolve_components(config)

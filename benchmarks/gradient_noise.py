@@ -41,9 +41,8 @@ import torch
 from torch import Tensor
 
 from benchmarks.common import (
-    apply_config_arg,
-    batch_gradient, collect_batch, fold_into_keep_probs, machine, machine_line, make_learner, masked_gradient,
-    start_on_batch, table, write_outputs,
+    apply_config_arg, batch_gradient, collect_batch, fold_into_keep_probs, machine, machine_line, make_learner,
+    masked_gradient, start_on_batch, table, warm_start_of, write_outputs,
 )
 from pcm_core.config import RunConfig, load_config
 from pcm_core.plots import pyplot
@@ -110,14 +109,7 @@ def run(quick: bool, device: str, out: Path, args: argparse.Namespace | None = N
     started = time.perf_counter()
     base = variant_config(s, "all", 12)
     dev, env, policy = start_on_batch(s, device, base)
-    pretrained = getattr(getattr(policy, "options", None), "path", None)
-    warm = None  # as pcm-run: a policy loaded from a path is used as is, otherwise the cached SFT warm start
-    if s["warm_start"] and pretrained is not None:
-        warm = str(pretrained)
-    elif s["warm_start"] and base.train.sft.enabled:
-        from pcm_core.warm_start import warm_start
-
-        warm = str(warm_start(policy, env, base, log=log))
+    warm = warm_start_of(policy, env, base, log) if s["warm_start"] else None
     real_outcomes = warm is not None  # an untrained policy never succeeds: its outcomes are relabelled 1, 0, 1, 0
     batches, notes = [], []
     for b in range(s["history_batches"] + s["batches"]):

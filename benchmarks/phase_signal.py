@@ -35,9 +35,8 @@ import torch
 from torch import Tensor
 
 from benchmarks.common import (
-    apply_config_arg,
-    QUICK_TRAINING, batch_gradient, build_env, build_policy, collect_batch, machine, machine_line, make_learner,
-    resolve_device, seed_everything, table, write_outputs,
+    QUICK_TRAINING, apply_config_arg, batch_gradient, collect_batch, machine, machine_line, make_learner,
+    start_on_batch, table, warm_start_of, write_outputs,
 )
 from pcm_core.algo.pcm import compact
 from pcm_core.config import RunConfig, load_config
@@ -161,29 +160,13 @@ def phase_report(learner: Learner, segmenter: PhaseSegmenter, batches: list[Roll
             "decomposition_error": float(residual.max())}
 
 
-def warm_policy(config: RunConfig, env, device: torch.device, log) -> tuple[Any, str | None]:
-    """The config's policy as ``pcm-run`` starts it: a policy loaded from a path as is, otherwise the
-    cached SFT warm start (None: random init). Returns the policy and where its weights came from."""
-    policy = build_policy(config, device)
-    pretrained = getattr(getattr(policy, "options", None), "path", None)
-    if pretrained is not None:
-        return policy, str(pretrained)
-    if config.train.sft.enabled:
-        from pcm_core.warm_start import warm_start
-
-        return policy, str(warm_start(policy, env, config, log=log))
-    return policy, None
-
-
 def run(quick: bool, device: str, out: Path, args: argparse.Namespace | None = None, log=print) -> dict[str, Any]:
     s = settings(quick, args)
-    dev = resolve_device(device)
-    seed_everything(s["seed"])
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:  # a quick or tiny warm start never mixes with real ones
         config = measured_config(s, str(Path(tmp) / "cache") if s["throwaway_cache"] else None)
-        env = build_env(config, s["groups"] * s["group_size"])
-        policy, warm = warm_policy(config, env, dev, log)
+        dev, env, policy = start_on_batch(s, device, config)
+        warm = warm_start_of(policy, env, config, log)
         env_phase_names = env.phase_names
         relabel = s["relabel"] or warm is None  # without a mixed group every advantage, so every gradient, is 0
         collected = [collect_batch(policy, env, s["groups"], s["group_size"], s["seed"] + 1 + b, ensure_mixed=relabel)

@@ -48,7 +48,7 @@ class Communicator:
     def world_size(self) -> int:
         return self.context.world_size
 
-    def _device(self) -> torch.device:
+    def device(self) -> torch.device:
         """Where collective tensors live: the rank's GPU under NCCL, the CPU under gloo."""
         import torch.distributed as dist
 
@@ -62,7 +62,7 @@ class Communicator:
             return values.cpu()
         import torch.distributed as dist
 
-        values = values.to(self._device())
+        values = values.to(self.device())
         dist.all_reduce(values, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
         return values.cpu()
 

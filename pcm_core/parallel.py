@@ -94,7 +94,7 @@ def broadcast_module(module: nn.Module, comm: Communicator) -> None:
     """Rank 0's parameters and buffers on every rank (each rank may have warm-started differently)."""
     import torch.distributed as dist
 
-    device = comm._device()
+    device = comm.device()
     for tensor in [*module.parameters(), *module.buffers()]:
         data = tensor.data.to(device)
         dist.broadcast(data, src=0)
