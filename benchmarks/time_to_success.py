@@ -1,6 +1,7 @@
 """``time_to_success``: GRPO (``configs/quickstart_grpo.yaml``) vs PCM (``configs/quickstart.yaml``)
-trained with :func:`pcm_core.runner.train`, several RL seeds each from one shared warm start, runs
-interleaved (seed by seed). PCM runs twice GRPO's steps by default, about the same wall-clock, so
+trained with :func:`pcm_core.runner.train`, 5 seeds per method, each seed from its own warm start
+(SFT seed = RL seed, the same for both methods), runs interleaved (seed by seed), evaluated on
+``train.eval_episodes`` (192) fixed initial states every 5 steps. PCM runs twice GRPO's steps by default, about the same wall-clock, so
 the two are compared over the same training time; the gap at equal steps is reported too.
 
 Wall-clock is the training time of the RL steps (the sum of ``time/step_s``: rollout + select +
@@ -29,6 +30,8 @@ from pcm_core.plots import pyplot
 
 METHODS = {"grpo": CONFIGS / "quickstart_grpo.yaml", "pcm": CONFIGS / "quickstart.yaml"}
 SPLIT = ("rollout", "select", "forward_backward", "optimizer")
+HISTORY_KEYS = ("step", "success_rate", "entropy", "kept_chunk_fraction")
+"""Per-step metrics each run keeps (``benchmarks.warm_starts`` reads a run's first steps off them)."""
 
 
 FINAL_EVALS = 3
@@ -37,21 +40,25 @@ about 3.5 points instead of 6 for one evaluation)."""
 
 
 def settings(quick: bool, args: argparse.Namespace | None = None) -> dict[str, Any]:
-    """Seeds, RL steps per method and the training overrides. Every run starts from one shared warm
-    start (``train.sft.seed=0``), so the seeds vary the RL only; PCM runs ``pcm_step_ratio`` times
-    GRPO's steps, about GRPO's wall-clock (a PCM step costs half a GRPO step here)."""
+    """Seeds, RL steps per method and the training overrides. Seed ``k`` of both methods starts from
+    the warm start of SFT seed ``k`` (``train.sft.seed=null``), so a pair differs in the method only;
+    PCM runs ``pcm_step_ratio`` times GRPO's steps, about GRPO's wall-clock (a PCM step costs about
+    half a GRPO step here)."""
     s: dict[str, Any] = {
-        "seeds": 1 if quick else 3,
+        "seeds": list(range(1 if quick else 5)),
         "grpo_steps": 3 if quick else 50,
         "pcm_step_ratio": 2.0,
-        "overrides": ["train.sft.seed=0", *(["train.eval_every=3", *QUICK_TRAINING] if quick else ["train.eval_every=5"])],
+        "overrides": ["train.sft.seed=null", *(["train.eval_every=3", *QUICK_TRAINING] if quick
+                                               else ["train.eval_every=5", "train.eval_episodes=192"])],
         "target": None,
         "final_evals": FINAL_EVALS,
         "pcm_budget": None,  # None: configs/quickstart.yaml's (12)
     }
     if args is not None:
         if getattr(args, "seeds", None):
-            s["seeds"] = args.seeds
+            s["seeds"] = list(range(args.seeds))
+        if getattr(args, "seed_list", None):
+            s["seeds"] = [int(x) for x in args.seed_list.split(",")]
         if getattr(args, "steps", None):
             s["grpo_steps"] = args.steps
         if getattr(args, "pcm_step_ratio", None):
@@ -61,7 +68,7 @@ def settings(quick: bool, args: argparse.Namespace | None = None) -> dict[str, A
                 raise SystemExit(f"time_to_success takes one budget, got --budgets {args.budgets}.\nFix: e.g. --budgets 24")
             s["pcm_budget"] = int(args.budgets)
         if getattr(args, "tiny", False):
-            s["seeds"] = 1
+            s["seeds"] = [0]
             s["grpo_steps"] = 1
             s["overrides"] += ["train.eval_every=1", "train.eval_episodes=2", "train.tasks_per_step=1",
                                "train.group_size=2", "train.sft.demos=4", "train.sft.epochs=1", "env.options.max_steps=128",
@@ -93,6 +100,7 @@ def one_run(method: str, seed: int, s: dict[str, Any], workdir: Path, cache_dir:
         "method": method, "seed": seed, "steps": s["steps"][method], "wall_s_including_warm_start_and_eval": wall,
         "train_s": clock, "curve": curve, "final_success": final_success(curve, s["final_evals"]),
         "median_step_split_s": split,
+        "history": [{key: row.get(key) for key in HISTORY_KEYS} for row in steps],
         "kept_chunk_fraction": statistics.median([row.get("kept_chunk_fraction", 1.0) for row in steps]) if steps else None,
         "config": config.model_dump(mode="json"),
     }
@@ -157,8 +165,9 @@ def summarize(runs: list[dict[str, Any]], s: dict[str, Any]) -> dict[str, Any]:
             "median_steps_to_target": median_over_seeds(list(steps)),
             "step_s": statistics.median(r["train_s"] / r["steps"] for r in rows),
             "time_to_target_s": stats([t for t in times if math.isfinite(t)]), "reached": sum(math.isfinite(t) for t in times),
-            "time_to_target_raw_s": list(times), "final_success": {**stats(finals), "mean": statistics.mean(finals),
-                                                                   "std": statistics.pstdev(finals)},
+            "time_to_target_raw_s": list(times), "final_success": {
+                **stats(finals), "mean": statistics.mean(finals), "std": statistics.pstdev(finals),
+                "se": statistics.stdev(finals) / math.sqrt(len(finals)) if len(finals) > 1 else math.nan},
             "train_s": stats([r["train_s"] for r in rows]),
             "step_split_s": {name: statistics.median([r["median_step_split_s"][name] for r in rows]) for name in SPLIT},
         }
@@ -170,7 +179,7 @@ def summarize(runs: list[dict[str, Any]], s: dict[str, Any]) -> dict[str, Any]:
     speedup = g / p if p > 0 and not (math.isinf(g) and math.isinf(p)) else math.nan
     grpo_steps, pcm_steps = summary["grpo"]["median_steps_to_target"], summary["pcm"]["median_steps_to_target"]
     return {
-        "target_success": target, "speedup_to_target": speedup, "speedup_per_seed": per_seed,
+        "seeds": min(len(by["grpo"]), len(by["pcm"])), "target_success": target, "speedup_to_target": speedup, "speedup_per_seed": per_seed,
         "step_time_ratio": summary["grpo"]["step_s"] / summary["pcm"]["step_s"],
         "steps_to_target_ratio": pcm_steps / grpo_steps if math.isfinite(grpo_steps) and grpo_steps > 0 else math.nan,
         "final_success_gap_points": 100.0 * (summary["grpo"]["final_success"]["mean"] - summary["pcm"]["final_success"]["mean"]),
@@ -191,7 +200,7 @@ def run(quick: bool, device: str, out: Path, args: argparse.Namespace | None = N
     with tempfile.TemporaryDirectory() as tmp:
         # quick (and tiny) runs use a throw-away warm-start cache so they never mix with real ones
         cache = str(Path(tmp) / "cache") if quick else None
-        for seed in range(s["seeds"]):
+        for seed in s["seeds"]:
             order = ["grpo", "pcm"] if seed % 2 == 0 else ["pcm", "grpo"]
             for method in order:
                 r = one_run(method, seed, s, Path(tmp), cache)
@@ -216,16 +225,16 @@ def markdown(result: dict[str, Any]) -> str:
             tt += f" (reached: {e['time_to_target_s']['min']:.1f}-{e['time_to_target_s']['max']:.1f})"
         sp = e["step_split_s"]
         rows.append([method, result["settings"]["steps"][method], f"{e['reached']}/{len(e['time_to_target_raw_s'])}", tt,
-                     f"{e['final_success']['mean']:.3f} +- {e['final_success']['std']:.3f}", fmt_range(e["train_s"], 1),
+                     f"{e['final_success']['mean']:.3f} +- {e['final_success']['se']:.3f}", fmt_range(e["train_s"], 1),
                      *(f"{sp[name]:.2f}" for name in SPLIT)])
     return "\n".join([
         "# time_to_success: GRPO vs PCM on the embedded default",
         "",
-        f"{machine_line(m, result['device'])} {result['settings']['seeds']} seed(s) per method; "
+        f"{machine_line(m, result['device'])} {result['seeds']} seed(s) per method, each from its own warm start; "
         f"PCM budget B={pcm_budget}; "
         f"overrides {result['settings']['overrides']}. {result['note']}.",
         "",
-        table(["method", "RL steps", "reached", "time to target s, median over seeds", "final success (mean +- std)", "train s",
+        table(["method", "RL steps", "reached", "time to target s, median over seeds", "final success (mean +- SE over seeds)", "train s",
                *(f"{n} s/step" for n in SPLIT)], rows),
         "",
         f"target success {result['target_success']:.3f}; **speedup_to_target** {result['speedup_to_target']:.2f} "

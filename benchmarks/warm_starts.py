@@ -27,6 +27,7 @@ from pcm_core.plots import pyplot
 
 WINDOW = 5
 """Steps averaged for the first and last entropy and training success."""
+METHODS_OF_TIME_TO_SUCCESS = {"grpo": "configs/quickstart_grpo.yaml", "pcm": "configs/quickstart.yaml"}
 
 
 def settings(quick: bool, args: argparse.Namespace | None = None) -> dict[str, Any]:
@@ -80,6 +81,38 @@ def one_seed(seed: int, s: dict[str, Any], workdir: Path, cache_dir: str | None)
     }
 
 
+def from_time_to_success(result: dict[str, Any], method: str, steps: int) -> dict[str, Any]:
+    """The ``warm_starts`` result of ``method``'s runs in a ``time_to_success`` result, read off
+    their first ``steps`` steps: the first ``steps`` steps of a longer run are exactly a
+    ``steps``-step run (nothing in training depends on ``train.steps``; evaluations draw from their
+    own generator), so the end success is the evaluation at step ``steps``."""
+    runs = []
+    for r in (r for r in result["runs"] if r["method"] == method):
+        evals = {step: success for step, _, success in r["curve"]}
+        if steps not in evals:
+            raise SystemExit(f"{method} seed {r['seed']} has no evaluation at step {steps} (evaluated at {sorted(evals)}).\n"
+                             "Fix: pass --steps at a multiple of the run's train.eval_every")
+        rows = [row for row in r["history"] if row["step"] <= steps]
+        first, last = rows[:WINDOW], rows[-WINDOW:]
+        runs.append({
+            "seed": r["seed"], "start_success": evals[0], "end_success": evals[steps],
+            "gain_points": 100.0 * (evals[steps] - evals[0]),
+            "entropy_first": mean_over(first, "entropy"), "entropy_last": mean_over(last, "entropy"),
+            "entropy_rise": mean_over(last, "entropy") - mean_over(first, "entropy"),
+            "train_success_first": mean_over(first, "success_rate"), "train_success_last": mean_over(last, "success_rate"),
+            "kept_chunk_fraction": mean_over(rows, "kept_chunk_fraction"),
+            "train_s": next(clock for step, clock, _ in r["curve"] if step == steps),
+            "curves": {key: [row[key] for row in rows] for key in ("success_rate", "entropy", "kept_chunk_fraction")},
+            "config": {**r["config"], "train": {**r["config"]["train"], "steps": steps}},
+        })
+    config = METHODS_OF_TIME_TO_SUCCESS[method]
+    overrides = [o for o in result["settings"]["overrides"] if not o.startswith(("train.eval_every", "train.sft.seed"))]
+    s = {"config": config, "seeds": [r["seed"] for r in runs], "eval_episodes": runs[0]["config"]["train"]["eval_episodes"],
+         "overrides": overrides, "read_off": f"time_to_success, {method}'s runs, steps 0-{steps}"}
+    return {"benchmark": "warm_starts", "machine": result["machine"], "device": result["device"], "settings": s,
+            **summarize(runs), "runs": runs, "duration_s": result["duration_s"]}
+
+
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     gains = [r["gain_points"] for r in runs]
     return {
@@ -123,7 +156,8 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         f"{machine_line(result['machine'], result['device'])} Config `{s['config']}` with overrides {s['overrides']}; "
         f"{steps} RL steps from a fresh warm start per seed (SFT seed = RL seed); eval on {s['eval_episodes']} fixed "
-        f"initial states at the start and the end; entropy and training success over the first and last {WINDOW} steps.",
+        f"initial states at the start and the end; entropy and training success over the first and last {WINDOW} steps."
+        + (f" Read off {s['read_off']}." if "read_off" in s else ""),
         "",
         table(["seed", "eval start", "eval end", "gain (points)", "entropy first", "entropy last", "train success first",
                "train success last", "kept chunk fraction", "train s"], rows),
@@ -210,12 +244,21 @@ def paired_figure(result: dict[str, Any]):
     return fig
 
 
-if __name__ == "__main__":  # python -m benchmarks.warm_starts NAME=RESULT.json ... --out DIR
+if __name__ == "__main__":  # python -m benchmarks.warm_starts NAME=RESULT.json ... [--steps N] [--out DIR]
     import json
     import sys
 
+    # RESULT.json: a warm_starts result, or a time_to_success result whose method NAME is read off
+    # its first N steps (default 50), which also writes that method's own warm_starts_NAME files
     out = Path(sys.argv[sys.argv.index("--out") + 1]) if "--out" in sys.argv else Path("benchmarks/results")
-    pairs = [arg.split("=", 1) for arg in sys.argv[1:] if "=" in arg]
-    result = paired({name: json.loads(Path(path).read_text()) for name, path in pairs})
+    steps = int(sys.argv[sys.argv.index("--steps") + 1]) if "--steps" in sys.argv else 50
+    named = {}
+    for name, path in (arg.split("=", 1) for arg in sys.argv[1:] if "=" in arg):
+        loaded = json.loads(Path(path).read_text())
+        if loaded["benchmark"] == "time_to_success":
+            loaded = from_time_to_success(loaded, name, steps)
+            write_outputs(out, f"warm_starts_{name}", loaded, markdown(loaded), figure(loaded))
+        named[name] = loaded
+    result = paired(named)
     write_outputs(out, "warm_starts_paired", result, paired_markdown(result), paired_figure(result))
     print(paired_markdown(result))

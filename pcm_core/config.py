@@ -55,7 +55,10 @@ class PCMConfig(Section):
         "trajectory of T_i chunks keeps round(B T_i / T), at least 1, T the episode horizon in chunks (the env's step "
         "limit / K), the same fraction B / T of every trajectory (2 chunks of a solved 11-chunk episode). Equal at T_i = T",
     )
-    segmenter: str = Field("gripper", description="phase segmenter")
+    segmenter: str = Field(
+        "env", description="phase segmenter; 'env' reads the phase labels the env reports (tabletop, LIBERO and "
+        "ManiSkill do), 'gripper' needs none"
+    )
     segmenter_options: dict[str, Any] = Field(default_factory=dict)
     proxy: str = Field("success_failure", description="variance proxy scoring each phase")
     proxy_options: dict[str, Any] = Field(default_factory=dict)
@@ -125,6 +128,10 @@ class TrainConfig(Section):
         25, ge=0, description="steps between evaluations; the warm start and the last step are always evaluated (0: only those)"
     )
     eval_episodes: int = Field(64, gt=0)
+    progress_every: int = Field(
+        1, gt=0, description="steps between plain progress lines when stdout is not a terminal (a log file, nohup, CI); "
+        "a terminal gets the live progress bar instead"
+    )
     eval_greedy: bool = Field(False, description="evaluate the mode of the policy instead of sampling")
     device: Literal["auto", "cpu", "cuda"] = Field("auto")
     threads: int | None = Field(

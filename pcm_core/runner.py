@@ -150,31 +150,56 @@ def _env_rngs(env: EnvBackend) -> dict[str, np.random.Generator]:
 
 
 class StepProgress:
-    """The progress bar of the loop: step, training success, last evaluation, seconds per step."""
+    """Progress of the loop: step, training success, last evaluation, kept fraction, seconds per step.
 
-    def __init__(self, console: Console, total: int, done: int, last_eval: float | None) -> None:
-        self.progress = Progress(
-            TextColumn("[bold]step"),
-            MofNCompleteColumn(),
-            BarColumn(),
-            TextColumn("success {task.fields[success]:.2f}  eval {task.fields[eval]}  {task.fields[step_s]:.1f}s/step"),
-            TimeElapsedColumn(),
-            console=console,
-            transient=False,
-        )
-        shown = f"{last_eval:.2f}" if last_eval is not None else "-"
-        self.bar = self.progress.add_task("train", total=total, completed=done, success=0.0, eval=shown, step_s=0.0)
+    On a terminal a live bar; otherwise (a log file, nohup, CI) one plain line every ``every`` steps
+    and at the last: ``step 12/50  success 0.31  eval 0.22  kept 0.24  3.1 s/step  ETA 2m 5s``.
+    """
+
+    def __init__(self, console: Console, total: int, done: int, last_eval: float | None, every: int = 1) -> None:
+        self.console, self.total, self.done, self.every = console, total, done, every
+        self.eval = f"{last_eval:.2f}" if last_eval is not None else "-"
+        self.seconds: list[float] = []
+        self.progress = None
+        if console.is_terminal:
+            self.progress = Progress(
+                TextColumn("[bold]step"),
+                MofNCompleteColumn(),
+                BarColumn(),
+                TextColumn("success {task.fields[success]:.2f}  eval {task.fields[eval]}  {task.fields[step_s]:.1f}s/step"),
+                TimeElapsedColumn(),
+                console=console,
+                transient=False,
+            )
+            self.bar = self.progress.add_task("train", total=total, completed=done, success=0.0, eval=self.eval, step_s=0.0)
 
     def __enter__(self) -> "StepProgress":
-        self.progress.__enter__()
+        if self.progress is not None:
+            self.progress.__enter__()
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self.progress.__exit__(*exc)
+        if self.progress is not None:
+            self.progress.__exit__(*exc)
 
     def update(self, metrics: dict[str, float]) -> None:
-        shown = f"{metrics['eval_success_rate']:.2f}" if "eval_success_rate" in metrics else self.progress.tasks[0].fields["eval"]
-        self.progress.update(self.bar, advance=1, success=metrics["success_rate"], eval=shown, step_s=metrics["time/step_s"])
+        self.done += 1
+        self.seconds.append(metrics["time/step_s"])
+        if "eval_success_rate" in metrics:
+            self.eval = f"{metrics['eval_success_rate']:.2f}"
+        if self.progress is not None:
+            self.progress.update(self.bar, advance=1, success=metrics["success_rate"], eval=self.eval,
+                                 step_s=metrics["time/step_s"])
+        elif self.done % self.every == 0 or self.done == self.total:
+            self.console.print(self.line(metrics), highlight=False, markup=False, soft_wrap=True)
+
+    def line(self, metrics: dict[str, float]) -> str:
+        """The plain progress line after a step (ETA from the mean step time so far)."""
+        step_s = sum(self.seconds) / len(self.seconds)
+        eta = round(step_s * (self.total - self.done))
+        kept = metrics.get("kept_chunk_fraction", 1.0)
+        return (f"step {self.done}/{self.total}  success {metrics['success_rate']:.2f}  eval {self.eval}  kept {kept:.2f}  "
+                f"{metrics['time/step_s']:.1f} s/step  ETA {eta // 60}m {eta % 60}s")
 
 
 @dataclass
@@ -369,7 +394,7 @@ def train(
     run = Run.start(config, components, console, resume)
     steps = config.train.steps
     try:
-        with StopRequests() as stop, StepProgress(console, steps, run.step, run.last_eval) as progress:
+        with StopRequests() as stop, StepProgress(console, steps, run.step, run.last_eval, config.train.progress_every) as progress:
             for step in range(run.step + 1, steps + 1):
                 timer = StepTimer()
                 with timer.section("rollout", run.device):

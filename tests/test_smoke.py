@@ -59,3 +59,18 @@ def test_pcm_run_end_to_end(tiny_run_args, tmp_path):
         assert (run_dir / name).exists(), name
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "keep_probabilities.png", "success.png", "policy"} <= artifacts
+
+
+def test_progress_reaches_a_log_file_one_line_per_step(tiny_run_args, tmp_path):
+    import re
+    import subprocess
+    import sys
+
+    _, args = tiny_run_args
+    log = tmp_path / "run.log"
+    with log.open("w") as stdout:  # not a terminal: plain lines instead of the live bar
+        subprocess.run([sys.executable, "-m", "pcm_core.cli", *args, "--set", "train.steps=3", "--set", "tracking.enabled=false"],
+                       stdout=stdout, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, check=True, timeout=300)
+    lines = [line for line in log.read_text().splitlines() if line.startswith("step ")]
+    pattern = r"step (\d)/3  success \d\.\d\d  eval \d\.\d\d  kept \d\.\d\d  \d+\.\d s/step  ETA \d+m \d+s"
+    assert [re.fullmatch(pattern, line).group(1) for line in lines] == ["1", "2", "3"], lines

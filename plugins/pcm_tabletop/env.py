@@ -19,16 +19,21 @@ ignored, ``dyaw`` turns it by ``max_rotation`` (0.15 rad) per unit (yaw is limit
 ``[-pi/2, pi/2]``), and the gripper closes when ``a[6] > 0`` and opens otherwise.
 
 The decisive phase is the grasp. When the gripper goes from open to closed, the block nearest to it
-in the plane is grasped only if all three hold after this step's motion:
-``|xy_gripper - xy_block| <= grasp_tolerance`` (0.03), ``|yaw error| <= yaw_tolerance`` (0.15 rad,
-modulo ``pi``) and ``z <= grasp_height`` (0.04). A close that misses this (at ``z <= grasp_height``
-within one block length of a block) knocks that block: it is pushed ``miss_push`` (0.1) away from
-the gripper and turned by ``miss_turn`` (0.4 rad) away from the gripper's yaw, so every failed
-grasp costs a new approach. The gripper stays closed on nothing until it is opened again; the
-episode continues and the policy may retry. Approach, transport and release are easy: a grasped
-block follows the gripper (centred on it, aligned with its yaw) and is dropped where the gripper
-opens. Success: the named block is not held and its centre lies within ``target_radius`` of the
-named plate (normally after a drop; a block knocked onto the plate counts too).
+in the plane is grasped only if it stands (is not toppled) and all three hold after this step's
+motion: ``|xy_gripper - xy_block| <= grasp_tolerance`` (0.03), ``|yaw error| <= yaw_tolerance``
+(0.15 rad, modulo ``pi``) and ``z <= grasp_height`` (0.04). A close that misses this at
+``z <= grasp_height`` within one block length of the block does what ``miss`` says:
+
+- ``topple`` (default): the block is knocked over for good and can never be grasped, so a miss of
+  the named block decides the episode: it fails, whatever the policy does in the chunks left;
+- ``knock`` (the hard variant): the block is pushed ``miss_push`` (0.1) away from the gripper and
+  turned by ``miss_turn`` (0.4 rad) away from the gripper's yaw, so every failed grasp costs a new
+  approach, and the policy may retry.
+
+The gripper stays closed on nothing until it is opened again. Approach, transport and release are
+easy: a grasped block follows the gripper (centred on it, aligned with its yaw) and is dropped where
+the gripper opens. Success: the named block is not held and its centre lies within
+``target_radius`` of the named plate (normally after a drop; a block knocked onto the plate counts too).
 
 An episode ends (``done``) at its first success, as LIBERO's do, or at ``max_steps`` (256) env
 steps. Nothing after a success can change the outcome, so those chunks would only add noise to
@@ -36,18 +41,20 @@ the policy gradient (set ``end_on_success: false`` for a fixed horizon, where a 
 runs on to ``max_steps``). ``success`` stays True once achieved.
 
 Phase labels (``info["phase"]``, computed from the state after each step, relative to the named
-block and plate):
+block and plate, first rule that applies):
 
-- 3 place/release: the named block is held and its centre is over the named plate, or the task
-  is already solved;
-- 2 transport: the named block is held (elsewhere);
+- 3 toppled: the named block was knocked over (``miss="topple"``), so the episode has failed;
+- 2 transport + place: the named block is held, or the task is solved;
 - 1 align + grasp (decisive): the gripper's xy is within ``align_radius`` (0.1) of the named block;
 - 0 approach: anything else.
+
+Labels 2 and 3 each occur (almost) only on one side of the outcome (successes, failures), so a
+success-failure proxy scores only the phases both sides visit: approach and align + grasp.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Literal, Sequence
 
 import numpy as np
 from pydantic import Field, field_validator
@@ -128,8 +135,14 @@ class TabletopOptions(Options):
         0.15, gt=0.0, description="max gripper-to-block yaw error for a grasp, radians (mod pi)"
     )
     grasp_height: float = Field(0.04, gt=0.0, description="the gripper must be at or below this height to grasp")
-    miss_push: float = Field(0.1, ge=0.0, description="how far a failed grasp pushes the block away")
-    miss_turn: float = Field(0.4, ge=0.0, description="how much a failed grasp turns the block, radians")
+    miss: Literal["topple", "knock"] = Field(
+        "topple",
+        description="what a close that misses at grasp height does to the block under the jaws: 'topple' knocks it "
+        "over for good (it can no longer be grasped, so a missed named block fails the episode); 'knock' pushes and "
+        "turns it, and the policy may retry (the hard variant)",
+    )
+    miss_push: float = Field(0.1, ge=0.0, description="with miss='knock': how far a failed grasp pushes the block away")
+    miss_turn: float = Field(0.4, ge=0.0, description="with miss='knock': how much a failed grasp turns the block, radians")
     target_radius: float = Field(
         0.2, gt=0.0, le=MAX_TARGET_RADIUS, description="radius of the target plates (success zone)"
     )
@@ -162,11 +175,12 @@ class TabletopEnv(EnvBackend):
             sin(2 yaw), cos(2 yaw), named plate x, y, then relative to the gripper: block x, y
             offsets, yaw error / (pi/2), plate x, y offsets.
     Info (each ``[B]``): ``gripper`` float32 (1 closed, 0 open), ``phase`` int64 (module docstring),
-    ``grasped`` bool (any block held), ``failed_grasps`` int64 (misaligned closes so far).
+    ``grasped`` bool (any block held), ``failed_grasps`` int64 (misaligned closes so far), ``toppled`` bool
+    (the named block was knocked over).
     """
 
     Options = TabletopOptions
-    phase_names = ("approach", "align + grasp", "transport", "place / release")  # info["phase"] 0..3
+    phase_names = ("approach", "align + grasp", "transport + place", "toppled")  # info["phase"] 0..3
 
     def __init__(self, options: TabletopOptions, num_envs: int, seed: int = 0) -> None:
         super().__init__(options, num_envs, seed)
@@ -209,6 +223,7 @@ class TabletopEnv(EnvBackend):
         self.grip_yaw = np.zeros(self.num_envs)  # [B]
         self.closed = np.zeros(self.num_envs, dtype=bool)  # [B]
         self.held = np.full(self.num_envs, -1, dtype=np.int64)  # index of the held block, -1 none  [B]
+        self.toppled = np.zeros((self.num_envs, NUM_OBJECTS), dtype=bool)  # knocked over for good  [B, O]
         self.success = np.zeros(self.num_envs, dtype=bool)  # [B]
         self.failed_grasps = np.zeros(self.num_envs, dtype=np.int64)  # [B]
         self.steps = np.zeros(self.num_envs, dtype=np.int64)  # [B]
@@ -269,12 +284,15 @@ class TabletopEnv(EnvBackend):
         yaw_error = wrap_half_turn(self.grip_yaw - self.obj_yaw[self._rows, nearest])  # [B]
         low = self.grip_xyz[:, 2] <= self.options.grasp_height
         aligned = (near_dist <= self.options.grasp_tolerance) & (np.abs(yaw_error) <= self.options.yaw_tolerance)
-        grasped = closing & low & aligned
+        standing = ~self.toppled[self._rows, nearest]
+        grasped = closing & low & aligned & standing
         self.held = np.where(grasped, nearest, self.held)
-        missed = closing & low & ~aligned
+        missed = closing & low & ~(aligned & standing)
         self.failed_grasps += missed
         knocked = missed & (near_dist <= BLOCK_LENGTH)
-        if knocked.any():
+        if self.options.miss == "topple":
+            self.toppled[self._rows[knocked], nearest[knocked]] = True
+        elif knocked.any():
             b, k = self._rows[knocked], nearest[knocked]
             angle = self.grip_yaw[b] + np.pi / 2  # across the jaws, for a block right under the gripper
             fallback = np.stack([np.cos(angle), np.sin(angle)], axis=-1)  # [n, 2]
@@ -292,12 +310,11 @@ class TabletopEnv(EnvBackend):
 
     def _phase(self) -> np.ndarray:
         """``[B]`` int64 phase labels (module docstring)."""
-        holding_task = self.held == self.task_obj
         block = self.obj_xy[self._rows, self.task_obj]
         near = np.linalg.norm(self.grip_xyz[:, :2] - block, axis=-1) <= self.options.align_radius
         phase = np.where(near, 1, 0)
-        phase = np.where(holding_task, 2, phase)
-        return np.where((holding_task & self._on_target()) | self.success, 3, phase).astype(np.int64)
+        phase = np.where((self.held == self.task_obj) | self.success, 2, phase)
+        return np.where(self.toppled[self._rows, self.task_obj] & ~self.success, 3, phase).astype(np.int64)
 
     def _info(self) -> dict[str, np.ndarray]:
         return {
@@ -305,6 +322,7 @@ class TabletopEnv(EnvBackend):
             "phase": self._phase(),
             "grasped": self.held >= 0,
             "failed_grasps": self.failed_grasps.copy(),
+            "toppled": self.toppled[self._rows, self.task_obj].copy(),
         }
 
     def _obj_z(self) -> np.ndarray:
@@ -408,11 +426,11 @@ class TabletopEnv(EnvBackend):
         goal_yaw = np.where(holding_task, yaw, goal_yaw)
         grip = np.where(holding_task, np.where(release, -1.0, 1.0), grip)
 
-        solved = self.success & ~holding_task
-        goal_xy = np.where(solved[:, None], xy, goal_xy)
-        goal_z = np.where(solved, HOVER_HEIGHT, goal_z)
-        goal_yaw = np.where(solved, yaw, goal_yaw)
-        grip = np.where(solved, -1.0, grip)
+        done_with_block = (self.success & ~holding_task) | self.toppled[self._rows, self.task_obj]  # solved or lost
+        goal_xy = np.where(done_with_block[:, None], xy, goal_xy)
+        goal_z = np.where(done_with_block, HOVER_HEIGHT, goal_z)
+        goal_yaw = np.where(done_with_block, yaw, goal_yaw)
+        grip = np.where(done_with_block, -1.0, grip)
 
         action = np.zeros((self.num_envs, 7))
         action[:, :2] = (goal_xy - xy) / opt.max_translation

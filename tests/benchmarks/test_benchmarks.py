@@ -21,7 +21,7 @@ from pcm_core.runner import RunResult
 EXPECTED_KEYS = {
     "grad_update": ["machine", "settings", "batch", "sizes", "speedup_at_b12"],
     "activation_memory": ["machine", "settings", "runs", "reduction_at_b12"],
-    "time_to_success": ["machine", "settings", "runs", "summary", "speedup_to_target", "final_success_gap_points",
+    "time_to_success": ["machine", "settings", "runs", "seeds", "summary", "speedup_to_target", "final_success_gap_points",
                         "step_time_ratio", "steps_to_target_ratio", "device"],
     "ablations": ["machine", "settings", "variants", "full_gradient_norm2"],
     "gradient_noise": ["machine", "settings", "variants", "effective_batch_fraction_at_b12"],
@@ -98,8 +98,8 @@ def check_ablations(result):
 
 def check_phase_signal(result):
     reports = result["segmenters"]
-    assert set(reports) == {"env", "gripper"}  # the env's labels and the embedded default's segmenter
-    assert [p["name"] for p in reports["env"]["phases"]] == ["approach", "align + grasp", "transport", "place / release"]
+    assert set(reports) == {"env", "gripper"}  # the env's labels (the default segmenter) and the label-free one
+    assert [p["name"] for p in reports["env"]["phases"]] == ["approach", "align + grasp", "transport + place", "toppled"]
     assert [p["name"] for p in reports["gripper"]["phases"]] == ["0 toggles", "1 toggle", "2 toggles", "3+ toggles"]
     real_chunks = sum(sum(batch["chunks_per_trajectory"]) for batch in result["batches"])
     for name, report in reports.items():
@@ -154,9 +154,9 @@ def test_benchmark_tiny_writes_outputs(name, tmp_path):
         for report in result["segmenters"].values():
             for phase in report["phases"]:
                 assert f"| {phase['name']} |" in text, phase["name"]
-    if name == "time_to_success":  # PCM runs twice GRPO's steps, both from the one warm start
+    if name == "time_to_success":  # PCM runs twice GRPO's steps, both from the warm start of SFT seed = RL seed
         assert {run["method"]: run["steps"] for run in result["runs"]} == {"grpo": 1, "pcm": 2}
-        assert {run["config"]["train"]["sft"]["seed"] for run in result["runs"]} == {0}
+        assert {run["config"]["train"]["sft"]["seed"] for run in result["runs"]} == {None} and result["seeds"] == 1
         assert {run["method"]: (run["config"]["pcm"]["sampler"], run["config"]["pcm"]["budget"])
                 for run in result["runs"]}["pcm"] == ("pcm", 3)
 
@@ -362,3 +362,22 @@ def test_warm_starts_pairs_methods_seed_by_seed():
     assert diff == pytest.approx(-10.0) and se == pytest.approx(10.0 / 3 ** 0.5)
     assert out["methods"]["grpo"]["gain_points"][0] == pytest.approx(20.0)
     assert out["methods"]["pcm"]["entropy_rise_max"] == pytest.approx(0.02)
+
+
+def test_warm_starts_read_off_time_to_success_runs():
+    """A 10-step PCM run of time_to_success gives the warm_starts row of its first 5 steps."""
+    from benchmarks.warm_starts import from_time_to_success
+
+    history = [{"step": k, "success_rate": 0.1 * k, "entropy": 0.5 + 0.01 * k, "kept_chunk_fraction": 0.2} for k in range(1, 11)]
+    run = {"method": "pcm", "seed": 3, "curve": [(0, 0.0, 0.25), (5, 40.0, 0.5), (10, 80.0, 0.75)], "history": history,
+           "config": {"train": {"eval_episodes": 192, "steps": 10}}}
+    result = {"runs": [run, {**run, "method": "grpo"}], "settings": {"overrides": ["train.eval_every=5", "train.sft.seed=null"]},
+              "machine": {}, "device": "cpu", "duration_s": 1.0}
+    out = from_time_to_success(result, "pcm", 5)
+    (row,) = out["runs"]
+    assert (row["seed"], row["start_success"], row["end_success"]) == (3, 0.25, 0.5)
+    assert row["gain_points"] == pytest.approx(25.0) and out["min_gain_points"] == pytest.approx(25.0)
+    assert row["entropy_first"] == row["entropy_last"] == pytest.approx(0.53)  # steps 1-5 both ways
+    assert row["train_s"] == 40.0 and row["config"]["train"]["steps"] == 5 and out["seeds"] == 1
+    with pytest.raises(SystemExit, match="no evaluation at step 7"):
+        from_time_to_success(result, "pcm", 7)

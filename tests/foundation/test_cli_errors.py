@@ -201,7 +201,7 @@ def test_dry_run_defaults_prints_resolved_config(capsys):
     assert "budget: 12" in captured.out
     assert "name: tabletop" in captured.out and "name: tinyvla" in captured.out
     assert "config valid" in captured.out
-    assert "segmenter=gripper" in captured.out and "sampler=pcm" in captured.out
+    assert "segmenter=env" in captured.out and "sampler=pcm" in captured.out
 
 
 def test_dry_run_applies_overrides(capsys):

@@ -19,7 +19,7 @@ def test_defaults():
     config = load_config()
     assert config == RunConfig()
     assert (config.env.name, config.policy.name) == ("tabletop", "tinyvla")
-    assert (config.pcm.segmenter, config.pcm.proxy, config.pcm.sampler) == ("gripper", "success_failure", "pcm")
+    assert (config.pcm.segmenter, config.pcm.proxy, config.pcm.sampler) == ("env", "success_failure", "pcm")
     assert config.pcm.budget == 12
     assert config.pcm.estimator == "masked"
     assert config.pcm.exploration_floor == 0.1

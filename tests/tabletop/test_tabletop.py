@@ -17,9 +17,9 @@ def make(num_envs: int, seed: int = 0, **options) -> TabletopEnv:
     return TabletopEnv(TabletopOptions(**options), num_envs=num_envs, seed=seed)
 
 
-def expert_success_rate(noise: float, episodes: int) -> float:
+def expert_success_rate(noise: float, episodes: int, **options) -> float:
     """Roll the scripted expert with action noise ``noise`` over tasks ``i % 6`` and layouts ``i``."""
-    env = make(episodes, image_size=16, expert_noise=noise)
+    env = make(episodes, image_size=16, expert_noise=noise, **options)
     env.reset(np.arange(episodes) % env.num_tasks, np.arange(episodes))
     for _ in range(env.max_steps):
         result = env.step(env.expert_actions())
@@ -55,7 +55,7 @@ def test_observation_shapes_and_info_keys():
         "put the purple block on the blue plate",
     ]
     result = env.step(np.zeros((3, 7), dtype=np.float32))
-    assert set(result.info) == {"gripper", "phase", "grasped", "failed_grasps"}
+    assert set(result.info) == {"gripper", "phase", "grasped", "failed_grasps", "toppled"}
     assert all(value.shape == (3,) for value in result.info.values())
     assert result.success.shape == result.done.shape == (3,)
     assert "state" not in make(2, state_obs=False).reset([0, 0], [0, 0])[0]
@@ -140,20 +140,32 @@ def test_actions_after_done_are_ignored():
 
 
 def test_noiseless_expert_succeeds():
-    assert expert_success_rate(0.0, episodes=64) >= 0.95
+    assert expert_success_rate(0.0, episodes=64) == 1.0
 
 
 def test_noisy_expert_succeeds_partly():
-    rate = expert_success_rate(0.5, episodes=128)  # docs/tabletop.md: 0.56 over 512 episodes
+    rate = expert_success_rate(0.5, episodes=128, miss="knock")  # docs/tabletop.md: 0.56 over 512
     assert 0.2 < rate < 0.7
 
 
+def test_one_shot_expert_fails_mostly_by_toppling():
+    """With miss='topple' most failures of the noisy expert are a toppled named block (the rest time out)."""
+    env = make(128, image_size=16, expert_noise=0.5)
+    env.reset(np.arange(128) % env.num_tasks, np.arange(128))
+    for _ in range(env.max_steps):
+        result = env.step(env.expert_actions())
+    assert 0.1 < result.success.mean() < 0.9
+    assert not (result.info["toppled"] & result.success).any()
+    assert result.info["toppled"][~result.success].mean() > 0.8  # 0.87
+
+
+@pytest.mark.parametrize("miss", ["topple", "knock"])
 @pytest.mark.parametrize(
     ("yaw_offset", "xy_offset", "grasped"),
     [(0.0, 0.0, True), (0.12, 0.0, True), (0.18, 0.0, False), (-0.18, 0.0, False), (0.0, 0.04, False)],
 )
-def test_grasp_needs_alignment(yaw_offset, xy_offset, grasped):
-    env = make(1, max_rotation=0.3)  # default tolerances: 0.15 rad yaw, 0.03 position; 0.18 rad needs a faster turn
+def test_grasp_needs_alignment(yaw_offset, xy_offset, grasped, miss):
+    env = make(1, max_rotation=0.3, miss=miss)  # tolerances: 0.15 rad, 0.03; 0.18 rad needs a faster turn
     env.reset([0], [2])
     action = step_until_expert_closes(env)
     block_before = env.obj_xy[0, env.task_obj[0]].copy()
@@ -164,15 +176,18 @@ def test_grasp_needs_alignment(yaw_offset, xy_offset, grasped):
     assert result.info["gripper"][0] == 1.0
     assert result.info["failed_grasps"][0] == (0 if grasped else 1)
     moved = np.linalg.norm(env.obj_xy[0, env.task_obj[0]] - block_before)
-    if not grasped:  # a miss knocks the block away
+    if not grasped and miss == "knock":  # a miss knocks the block away
         assert moved > 0.9 * env.options.miss_push
         assert result.info["phase"][0] in (0, 1)
+    elif not grasped:  # a miss topples the block where it stands
+        assert moved == 0.0 and result.info["toppled"][0]
+        assert result.info["phase"][0] == 3
     else:
         assert result.info["phase"][0] == 2
 
 
 def test_retry_after_a_miss_can_still_succeed():
-    env = make(1, image_size=16, max_rotation=0.3)
+    env = make(1, image_size=16, max_rotation=0.3, miss="knock")
     env.reset([3], [9])
     action = step_until_expert_closes(env)
     action[0, 5] = 1.0  # turn 0.3 rad: far outside the yaw tolerance (0.15)
@@ -180,6 +195,22 @@ def test_retry_after_a_miss_can_still_succeed():
     for _ in range(env.max_steps):
         result = env.step(env.expert_actions())
     assert result.success[0] and result.info["failed_grasps"][0] == 1
+
+
+def test_a_toppled_block_cannot_be_grasped_again():
+    env = make(1, image_size=16, max_rotation=0.3)
+    env.reset([3], [9])
+    action = step_until_expert_closes(env)
+    action[0, 5] = 1.0  # a miss
+    env.step(action)
+    env.closed[:] = False  # open in place and try again, perfectly aligned
+    env.grip_yaw[:] = env.obj_yaw[0, env.task_obj[0]]
+    env.grip_xyz[0, :2] = env.obj_xy[0, env.task_obj[0]]
+    result = env.step(np.array([[0, 0, 0, 0, 0, 0, 1]], dtype=np.float32))
+    assert not result.info["grasped"][0] and result.info["failed_grasps"][0] == 2
+    for _ in range(env.max_steps):
+        result = env.step(env.expert_actions())
+    assert not result.success[0] and result.info["phase"][0] == 3
 
 
 def test_expert_visits_phases_in_order():
@@ -191,7 +222,7 @@ def test_expert_visits_phases_in_order():
     phases = np.array(phases)  # [T, B]
     for b in range(12):
         runs = [int(p) for i, p in enumerate(phases[:, b]) if i == 0 or p != phases[i - 1, b]]
-        assert runs == [0, 1, 2, 3]
+        assert runs == [0, 1, 2]
 
 
 def test_render_frame():
