@@ -278,3 +278,27 @@ def figure(result: dict[str, Any]):
     ax.set_ylabel("eval success")
     ax.legend(fontsize=7)
     return fig
+
+
+def merge(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """One result from several runs of this benchmark on disjoint ``--seed-list``s (the same
+    settings otherwise), e.g. two processes sharing a 2-core machine: their runs summarised together."""
+    seeds = [seed for result in results for seed in result["settings"]["seeds"]]
+    if len(set(seeds)) != len(seeds):
+        raise SystemExit(f"time_to_success results to merge share seeds: {sorted(seeds)}.\nFix: merge runs of disjoint --seed-list")
+    s = {**results[0]["settings"], "seeds": sorted(seeds)}
+    runs = [run for result in results for run in result["runs"]]
+    return {"benchmark": "time_to_success", "machine": results[0]["machine"], "device": results[0]["device"], "settings": s,
+            **summarize(runs, s), "duration_s": max(result["duration_s"] for result in results),
+            "merged_from": len(results)}
+
+
+if __name__ == "__main__":  # python -m benchmarks.time_to_success A.json B.json ... [--out DIR]
+    import json
+    import sys
+
+    out = Path(sys.argv[sys.argv.index("--out") + 1]) if "--out" in sys.argv else Path("benchmarks/results")
+    paths = [arg for arg in sys.argv[1:] if arg.endswith(".json")]
+    merged = merge([json.loads(Path(path).read_text()) for path in paths])
+    write_outputs(out, "time_to_success", merged, markdown(merged), figure(merged))
+    print(markdown(merged))

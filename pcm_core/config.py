@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import reprlib
 import types
 import typing
 from dataclasses import dataclass
@@ -16,17 +17,29 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pcm_core.errors import ConfigError
+from pcm_core.fields import no_bools_for_numbers
 
 
 Beta = Annotated[float, Field(ge=0.0, lt=1.0)]
 """An exponential-average coefficient of AdamW."""
 
 
+MAX_SEED = 2**31 - 1
+"""Largest ``train.seed``: every seed derived from it (ranks, actors, evaluation) stays below 2**32."""
+MAX_YAML_NODES = 100_000
+"""Largest config a YAML file or override may expand to (scalars, counting every alias expansion)."""
+
+
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bools_for_numbers(cls, value: Any, info: Any) -> Any:
+        return no_bools_for_numbers(cls, info.field_name, value)
 
 
 class EnvConfig(Section):
@@ -89,14 +102,14 @@ class SFTConfig(Section):
     lr: float = Field(1e-3, gt=0.0)
     batch_size: int = Field(32, gt=0)
     seed: int | None = Field(
-        None, ge=0, description="seed of the demonstrations and the cloning; None: train.seed (a fixed value shares one warm start across RL seeds)"
+        None, ge=0, le=MAX_SEED, description="seed of the demonstrations and the cloning; None: train.seed (a fixed value shares one warm start across RL seeds)"
     )
     cache_dir: str = Field("~/.cache/pcm-vla/warm_start", description="warm-start checkpoints are reused from here")
 
 
 class TrainConfig(Section):
     steps: int = Field(50, gt=0, description="RL steps")
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     tasks_per_step: int = Field(8, gt=0, description="M: groups (task + initial state) per step")
     group_size: int = Field(8, ge=2, description="G: trajectories per group")
     lr: float = Field(1e-4, gt=0.0)
@@ -123,6 +136,10 @@ class TrainConfig(Section):
     )
     micro_batch_size: int = Field(64, gt=0, description="chunks per forward/backward")
     max_grad_norm: float = Field(1.0, gt=0.0)
+    guard_weights: bool = Field(
+        True, description="after each optimizer step, check the trainable weights are finite and undo the step if not "
+        "(counted as a skipped update); costs a copy of the trainable weights and their optimizer state during the step"
+    )
     dynamic_sampling: bool = Field(False, description="refill groups whose outcomes are all equal")
     eval_every: int = Field(
         25, ge=0, description="steps between evaluations; the warm start and the last step are always evaluated (0: only those)"
@@ -144,7 +161,7 @@ class TrainConfig(Section):
     checkpoint_every: int = Field(10, ge=0, description="steps between checkpoints (0: only at the end and on a stop)")
     keep_checkpoints: int = Field(3, gt=0, description="newest checkpoints kept in <run>/checkpoints")
     max_skipped_updates: int = Field(
-        5, gt=0, description="consecutive updates skipped for a NaN/inf loss or gradient before the run stops"
+        5, gt=0, description="consecutive updates skipped for a NaN/inf loss, gradient or update before the run stops"
     )
     sft: SFTConfig = Field(default_factory=SFTConfig)
 
@@ -247,7 +264,7 @@ def format_validation_error(exc: ValidationError, prefix: str = "", model: type[
         hint = f"did you mean '{close[0]}'? " if close else ""
         return f"unknown key '{key}'.\nFix: {hint}valid keys: {', '.join(valid) or 'none'}"
     got = err.get("input")
-    shown = repr(got) if not isinstance(got, dict) else "a mapping"
+    shown = short_repr(got) if not isinstance(got, dict) else "a mapping"
     where = "`pcm-run plugins`" if prefix else "docs/configuration.md"
     return f"'{key}' = {shown}: {err['msg']}.\nFix: set {key} to a valid value (see {where})."
 
@@ -262,6 +279,59 @@ def _model_error(err: dict[str, Any], prefix: str) -> str:
     return f"{section}: {message.rstrip('.')}.\nFix: change the keys of {section} it names so they agree (see {where})."
 
 
+def short_repr(value: Any) -> str:
+    """``repr`` capped to about 80 characters, never expanding what a YAML alias repeats."""
+    shown = reprlib.Repr()
+    shown.maxstring = shown.maxother = shown.maxlong = 80
+    shown.maxlist = shown.maxtuple = shown.maxdict = shown.maxset = 6
+    shown.maxlevel = 3
+    return shown.repr(value)
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader that refuses duplicate keys (it would keep the last one silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, typing.Hashable) and key in seen:
+                raise ConfigError(f"duplicate key {short_repr(key)} at line {key_node.start_mark.line + 1}.\n"
+                                  "Fix: write each key once (YAML would keep only the last)")
+            if isinstance(key, typing.Hashable):
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _check_size(data: Any, where: str) -> None:
+    """Refuse a loaded document that expands to more than :data:`MAX_YAML_NODES` values (an alias
+    bomb is a few hundred bytes that expand to billions); stops counting at the limit."""
+    count, stack = 0, [data]
+    while stack:
+        node = stack.pop()
+        count += 1
+        if count > MAX_YAML_NODES:
+            raise ConfigError(f"{where} expands to more than {MAX_YAML_NODES} values (YAML aliases repeat them).\n"
+                              "Fix: write the config out without aliases; configs are small")
+        if isinstance(node, dict):
+            stack.extend(node.keys())
+            stack.extend(node.values())
+        elif isinstance(node, (list, tuple)):
+            stack.extend(node)
+
+
+def safe_yaml(text: str, where: str) -> Any:
+    """Parse ``text`` as YAML with duplicate keys refused, a bounded size and no deep recursion."""
+    try:
+        data = yaml.load(text, Loader=_BoundedLoader)  # noqa: S506 - a SafeLoader subclass
+    except RecursionError:
+        raise ConfigError(f"{where} nests too deeply to read.\nFix: configs are a few levels deep; check the file") from None
+    except ValueError as exc:  # e.g. an integer of more digits than Python converts
+        raise ConfigError(f"{where} holds a value YAML cannot read: {short_repr(str(exc))}.\nFix: correct that value") from None
+    _check_size(data, where)
+    return data
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``'pcm.budget=12'`` -> (``['pcm', 'budget']``, ``12``); the value is read as YAML."""
     if "=" not in text:
@@ -271,7 +341,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not key or any(not p for p in key.split(".")):
         raise ConfigError(f"override '{text}' has an empty key.\nFix: write --set KEY=VALUE, e.g. --set pcm.budget=12")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = safe_yaml(raw, f"override '{key}'") if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     return key.split("."), value
@@ -283,7 +353,13 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file '{path}' does not exist.\nFix: pass an existing file to --config (see configs/)")
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file '{path}' is not UTF-8 text (byte {exc.start}).\nFix: save it as UTF-8 YAML") from None
+    except OSError as exc:
+        raise ConfigError(f"config file '{path}' cannot be read: {exc.strerror}.\nFix: check the path and its permissions") from None
+    try:
+        data = safe_yaml(text, f"config file '{path}'")
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""

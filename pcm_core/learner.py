@@ -238,16 +238,39 @@ class Learner:
             with timer.section("optimizer", device):
                 self._set_learning_rate()
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.module.parameters(), self.train.max_grad_norm)
-                if self._update_is_finite(losses["loss"], grad_norm):
-                    self.optimizer.step()
+                if self._update_is_finite(losses["loss"], grad_norm) and self._step_keeps_weights_finite():
                     self.consecutive_skips = 0
-                else:  # NaN/inf guard: these gradients never reach the weights or Adam's moments
+                else:  # NaN/inf guard: these gradients (or this update) never reach the weights or Adam's moments
                     self.skipped_updates += 1
                     self.consecutive_skips += 1
                 self.optimizer.zero_grad(set_to_none=True)
         self.policy.module.eval()
         self.parallel.after_update()  # FSDP: the full weights again, to act
         return self._metrics(batch, result, losses, self.parallel.full_value(grad_norm), device)
+
+    def _step_keeps_weights_finite(self) -> bool:
+        """Take the optimizer step; with ``train.guard_weights``, undo it (weights and optimizer state)
+        when it left a non-finite trainable weight on any rank, and say whether it stood."""
+        if not self.train.guard_weights:
+            self.optimizer.step()
+            return True
+        trainable = [p for p in self.policy.module.parameters() if p.requires_grad]
+        weights = [p.detach().clone() for p in trainable]
+        state = {p: {k: v.clone() if torch.is_tensor(v) else v for k, v in self.optimizer.state[p].items()}
+                 for p in trainable if p in self.optimizer.state}
+        self.optimizer.step()
+        finite = all(bool(torch.isfinite(p).all()) for p in trainable)
+        if not self.comm.any(not finite):
+            return True
+        with torch.no_grad():
+            for parameter, saved in zip(trainable, weights):
+                parameter.copy_(saved)
+        for parameter in trainable:  # Adam's moments and step count as they were (none before a first step)
+            if parameter in state:
+                self.optimizer.state[parameter] = state[parameter]
+            else:
+                self.optimizer.state.pop(parameter, None)
+        return False
 
     def _zero_missing_gradients(self) -> None:
         for parameter in self.policy.module.parameters():

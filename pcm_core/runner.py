@@ -319,7 +319,7 @@ class Run:
         if skips >= self.config.train.max_skipped_updates:
             path = self.save(step)  # the skipped updates never touched the weights
             raise TrainingStopped(
-                f"{skips} consecutive updates had a NaN/inf loss or gradient; stopped at step {step}, last good weights in {path}.\n"
+                f"{skips} consecutive updates had a NaN/inf loss, gradient or update; stopped at step {step}, last good weights in {path}.\n"
                 f"Fix: lower train.lr or train.max_grad_norm, then: pcm-run --resume {path}"
             )
 

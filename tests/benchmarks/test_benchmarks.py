@@ -381,3 +381,22 @@ def test_warm_starts_read_off_time_to_success_runs():
     assert row["train_s"] == 40.0 and row["config"]["train"]["steps"] == 5 and out["seeds"] == 1
     with pytest.raises(SystemExit, match="no evaluation at step 7"):
         from_time_to_success(result, "pcm", 7)
+
+
+def test_time_to_success_merges_disjoint_seed_lists():
+    from benchmarks.time_to_success import merge, settings
+
+    def run(method, seed):
+        return {"method": method, "seed": seed, "final_success": 0.5, "curve": [(0, 0.0, 0.3), (5, 50.0, 0.6)], "steps": 5,
+                "config": {"train": {"eval_episodes": 64}}, "train_s": 50.0,
+                "median_step_split_s": {name: 1.0 for name in ("rollout", "select", "forward_backward", "optimizer")}}
+
+    def result(seeds):
+        return {"settings": {**settings(quick=False), "seeds": seeds}, "machine": {}, "device": "cpu", "duration_s": 9.0,
+                "runs": [run(method, seed) for seed in seeds for method in ("grpo", "pcm")]}
+
+    merged = merge([result([0, 2]), result([1])])
+    assert merged["seeds"] == 3 and merged["settings"]["seeds"] == [0, 1, 2]
+    assert merged["speedup_per_seed"] == [1.0, 1.0, 1.0]
+    with pytest.raises(SystemExit, match="share seeds"):
+        merge([result([0]), result([0, 1])])

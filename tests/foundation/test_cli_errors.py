@@ -25,6 +25,20 @@ def _skip_installed_backend(argv: list[str]) -> None:
     if argv[0] in ("--env", "--policy") and _backend_installed(argv[0][2:], argv[1]):
         pytest.skip(f"{argv[1]} is installed here")
 
+def _alias_bomb() -> str:
+    """377 bytes that expand to 9**9 strings ("billion laughs"), the last level under env.options.tasks."""
+    text, previous = 'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n', "a"
+    for name in "bcdefghi":
+        text += f"{name}: &{name} [" + ",".join([f"*{previous}"] * 9) + "]\n"
+        previous = name
+    return text + "env:\n  options:\n    tasks: *i\n"
+
+
+ALIAS_BOMB = _alias_bomb()
+FLOW_ALIAS_BOMB = "[&a [0,0,0,0,0,0,0,0,0], " + ", ".join(
+    f"&{n} [{', '.join([f'*{p}'] * 9)}]" for p, n in zip("abcdefgh", "bcdefghi")) + "]"
+"""The same bomb on one line, for ``--set``."""
+
 FILES = {
     "malformed.yaml": "pcm:\n  budget: [1, 2\ntrain: {}\n",
     "list.yaml": "- pcm\n- train\n",
@@ -32,7 +46,13 @@ FILES = {
     "badkey.yaml": "pcm:\n  budgit: 3\n",
     "badtype.yaml": "train:\n  steps: many\n",
     "badsection.yaml": "pcm: 3\n",
+    "duplicate.yaml": "train:\n  steps: 3\n  steps: 5\n",
+    "deep.yaml": "a: " + "[" * 20000 + "]" * 20000 + "\n",
+    "bigint.yaml": "train:\n  steps: " + "9" * 5000 + "\n",
+    "bomb.yaml": ALIAS_BOMB,
+    "bomb_in_options.yaml": ALIAS_BOMB.replace("env:\n  options:\n    tasks: *i\n", "") + "env:\n  options:\n    tasks: *i\n",
 }
+BINARY_FILES = {"binary.yaml": b"\xff\xfe\x00train: 1\n", "latin1.yaml": "train:\n  output_dir: caf\xe9\n".encode("latin-1")}
 
 # (id, argv, substrings the two stderr lines must contain); "{tmp}" is the folder holding FILES.
 CASES = [
@@ -113,6 +133,26 @@ CASES = [
     ("config-bad-type", ["--config", "{tmp}/badtype.yaml"], ["'train.steps' = 'many'", "valid integer"]),
     ("config-bad-section", ["--config", "{tmp}/badsection.yaml"], ["'pcm' = 3"]),
     ("config-no-argument", ["--config"], ["'--config' requires an argument", "pcm-run --help"]),
+    # hostile files and values: bounded work, capped messages
+    ("config-alias-bomb", ["--config", "{tmp}/bomb.yaml"], ["bomb.yaml' expands to more than 100000 values", "without aliases"]),
+    ("config-alias-bomb-options", ["--config", "{tmp}/bomb_in_options.yaml"], ["expands to more than 100000 values"]),
+    ("override-alias-bomb", ["--set", "env.options.tasks=" + FLOW_ALIAS_BOMB], ["override 'env.options.tasks' expands to more than"]),
+    ("config-duplicate-key", ["--config", "{tmp}/duplicate.yaml"], ["duplicate key 'steps' at line 3", "write each key once"]),
+    ("config-deep", ["--config", "{tmp}/deep.yaml"], ["deep.yaml' nests too deeply"]),
+    ("config-bigint", ["--config", "{tmp}/bigint.yaml"], ["bigint.yaml' holds a value YAML cannot read"]),
+    ("config-binary", ["--config", "{tmp}/binary.yaml"], ["binary.yaml' is not UTF-8 text (byte 0)", "save it as UTF-8"]),
+    ("config-latin1", ["--config", "{tmp}/latin1.yaml"], ["latin1.yaml' is not UTF-8 text", "save it as UTF-8"]),
+    ("config-directory", ["--config", "{tmp}"], ["does not exist"]),
+    *[(f"{key}-{spelling}", ["--set", f"{key}={spelling}"], [f"'{key}'", "finite number"])
+      for key in ("train.lr", "train.max_grad_norm", "train.clip_high", "train.kl_coef", "train.sft.lr")
+      for spelling in (".inf", "inf", "1.0e309", "-.inf", ".nan")],
+    ("env-option-inf", ["--set", "env.options.max_translation=.inf"], ["'env.options.max_translation' = inf", "finite number"]),
+    ("steps-bool", ["--set", "train.steps=true"], ["'train.steps' = True", "a boolean is not a number"]),
+    ("budget-bool", ["--set", "pcm.budget=false"], ["'pcm.budget' = False", "a boolean is not a number"]),
+    ("env-option-bool", ["--set", "env.options.max_steps=true"], ["'env.options.max_steps' = True", "a boolean is not a number"]),
+    ("seed-too-large", ["--set", "train.seed=4294967296"], ["'train.seed' = 4294967296", "less than or equal to 2147483647"]),
+    ("sft-seed-too-large", ["--set", "train.sft.seed=99999999999"], ["'train.sft.seed'", "less than or equal to 2147483647"]),
+    ("long-value-capped", ["--set", "train.output_dir=[" + ",".join(["1"] * 5000) + "]"], ["'train.output_dir' = [1, 1, 1, 1, 1, 1, ...]"]),
     # override syntax
     ("override-no-equals", ["--set", "pcm.budget"], ["override 'pcm.budget' has no '='", "--set KEY=VALUE"]),
     ("override-empty-key", ["--set", "=3"], ["override '=3' has an empty key", "--set KEY=VALUE"]),
@@ -130,6 +170,8 @@ CASES = [
 def files(tmp_path):
     for name, text in FILES.items():
         (tmp_path / name).write_text(text)
+    for name, data in BINARY_FILES.items():
+        (tmp_path / name).write_bytes(data)
     return tmp_path
 
 
@@ -276,3 +318,19 @@ def test_dry_run_rollout_workers_without_ray(capsys, monkeypatch):
     captured = capsys.readouterr()
     assert info.value.code == 2 and captured.out == ""
     _check_stderr(captured.err, ["distributed.rollout_workers = 2 needs Ray", 'pip install "pcm-vla[distributed]"'])
+
+
+@pytest.mark.parametrize("case", ["config-alias-bomb", "override-alias-bomb", "config-deep", "config-bigint"])
+def test_hostile_config_within_a_memory_cap(case, files):
+    """The alias bomb once took 8 GB and 132 s: now refused under a 2 GB address-space cap in seconds."""
+    import resource
+
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (2 * 1024**3, 2 * 1024**3))
+
+    _, argv, expected = next(c for c in CASES if c[0] == case)
+    env = {k: v for k, v in os.environ.items() if k != "PCM_PLUGINS"}
+    proc = subprocess.run([PCM_RUN, "--dry-run", *_argv(argv, files)], capture_output=True, text=True, env=env,
+                          timeout=30, preexec_fn=cap)
+    assert proc.returncode == 2, proc.stderr
+    _check_stderr(proc.stderr, expected)

@@ -53,6 +53,32 @@ def test_nan_loss_skips_the_update(tiny_args, tmp_path, learning_signal, nan_on_
     assert not math.isfinite(history[2]["loss"])  # (the skipped step logged its NaN loss)
 
 
+def test_a_non_finite_update_is_undone(tiny_args, tmp_path, learning_signal, monkeypatch):
+    """A finite loss and gradient, but an infinite learning rate (past validation, which refuses it):
+    the step that made the weights non-finite is undone, weights and Adam state, and counted as skipped."""
+    original, count = Learner._set_learning_rate, {"n": 0}
+
+    def set_learning_rate(self):
+        original(self)
+        count["n"] += 1
+        if count["n"] == 2:
+            for group in self.optimizer.param_groups:
+                group["lr"] = float("inf")
+
+    monkeypatch.setattr(Learner, "_set_learning_rate", set_learning_rate)
+    main(tiny_args(tmp_path, "train.steps=3", "train.checkpoint_every=1", "train.keep_checkpoints=5"))
+    root = next(tmp_path.iterdir()) / "checkpoints"
+    one, two, three = (checkpoint.load(root / f"step_00000{i}") for i in (1, 2, 3))
+    for name, tensor in one.tensors["policy"].items():
+        assert torch.equal(tensor, two.tensors["policy"][name]), name
+    for name, tensor in one.tensors["optimizer"].items():
+        assert torch.equal(tensor, two.tensors["optimizer"][name]), name
+    assert all(torch.isfinite(t).all() for t in three.tensors["policy"].values())
+    history = three.state["history"]
+    assert [row["faults/skipped_updates"] for row in history[1:]] == [0.0, 1.0, 1.0]
+    assert math.isfinite(history[2]["loss"])  # the loss was fine: the update was not
+
+
 def test_consecutive_nans_stop_the_run_with_a_checkpoint(tiny_args, tmp_path, learning_signal, nan_on_updates, capsys):
     nan_on_updates(-1)  # every update
     with pytest.raises(SystemExit) as info:
@@ -60,7 +86,7 @@ def test_consecutive_nans_stop_the_run_with_a_checkpoint(tiny_args, tmp_path, le
     assert info.value.code == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2
-    assert "2 consecutive updates had a NaN/inf loss or gradient; stopped at step 2" in err[0]
+    assert "2 consecutive updates had a NaN/inf loss, gradient or update; stopped at step 2" in err[0]
     saved = checkpoint.load(checkpoint.locate("latest", tmp_path))
     assert saved.step == 2 and saved.state["faults"]["skipped_updates"] == 2
     assert err[1].endswith(f"pcm-run --resume {saved.path}")
