@@ -30,6 +30,7 @@ import os
 import random
 import re
 import shutil
+import stat
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -244,12 +245,19 @@ def _reject(path: Path, problem: str) -> CheckpointError:
 # --------------------------------------------------------------------------- loading
 
 
+def _regular_file(path: Path) -> bool:
+    """A plain file, not a symlink (to anything), folder, FIFO or device."""
+    return not path.is_symlink() and stat.S_ISREG(path.lstat().st_mode)
+
+
 def verify(path: str | Path) -> dict[str, Any]:
     """Check that every file the manifest lists exists with its sha256 and nothing else is there;
     returns the manifest. Raises :class:`CheckpointError` (with the previous checkpoint offered)."""
     path = Path(path)
     if not path.is_dir():
         raise _reject(path, "the folder does not exist")
+    if (path / MANIFEST).exists() and not _regular_file(path / MANIFEST):
+        raise _reject(path, "manifest.json is not a regular file")
     try:
         manifest = json.loads((path / MANIFEST).read_text())
         files = manifest["files"]
@@ -264,7 +272,11 @@ def verify(path: str | Path) -> dict[str, Any]:
         odd = sorted(present ^ set(files))
         raise _reject(path, f"its files do not match the manifest ({', '.join(odd)})")
     for name, entry in files.items():
-        if not isinstance(entry, dict) or _sha256(path / name) != entry.get("sha256"):
+        if not _regular_file(path / name):  # a FIFO or a link to /dev/zero would be hashed forever
+            raise _reject(path, f"{name} is not a regular file (a link, a folder, a pipe or a device)")
+        if not isinstance(entry, dict) or (path / name).stat().st_size != entry.get("bytes"):
+            raise _reject(path, f"{name} has the wrong size for its manifest entry")
+        if _sha256(path / name) != entry.get("sha256"):
             raise _reject(path, f"{name} is truncated or modified (sha256 mismatch)")
         if not (name.endswith(".safetensors") or name in (STATE, CONFIG)):
             raise _reject(path, f"{name} is not a safetensors, JSON or YAML file")

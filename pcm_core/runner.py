@@ -25,8 +25,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from pcm_core import checkpoint, distributed
 from pcm_core.collectors import EVAL_INIT_OFFSET, Collector
 from pcm_core.communicator import Communicator, Context
-from pcm_core.config import ResolvedComponent, RunConfig
-from pcm_core.errors import PcmError
+from pcm_core.config import ResolvedComponent, RunConfig, short_repr
+from pcm_core.errors import ConfigError, PcmError
 from pcm_core.interfaces import EnvBackend, PolicyBackend
 from pcm_core.learner import Learner
 from pcm_core.plots import plot_keep_probabilities, plot_success, write_gif
@@ -58,8 +58,14 @@ def seed_everything(seed: int) -> None:
 
 
 def resolve_device(name: str) -> torch.device:
+    """``train.device`` as a torch device: ``auto`` is CUDA when there is one; ``cuda`` without one
+    is a config error (two lines), not a failure deep inside torch."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device = 'cuda', but torch sees no CUDA device here "
+                          f"(torch {torch.__version__}, CUDA build: {torch.version.cuda is not None}).\n"
+                          "Fix: --set train.device=cpu (or auto), or install a CUDA build of torch on a GPU machine")
     return torch.device(name)
 
 
@@ -335,17 +341,26 @@ class Run:
         return checkpoint.Checkpoint(step, tensors, state, self.config.model_dump(mode="json"))
 
     def restore(self, saved: checkpoint.Checkpoint) -> None:
-        """Put the state of ``saved`` back into the freshly built components."""
-        self.learner.load_state_dict(saved.tensors, saved.state)
-        if isinstance(self.env, SubprocessEnv):
-            self.env.restarts = int(saved.state["faults"].get("env_restarts", 0))
-        checkpoint.load_rng_state(
-            saved.tensors["rng"], saved.state["rng"], {"rollout": self.collector.generator},
-            {"groups": self.collector.rng, **_env_rngs(self.env)},
-        )
+        """Put the state of ``saved`` back into the freshly built components; a checkpoint whose
+        contents do not fit them (another model size, a hand-edited state) is a checkpoint error."""
+        try:
+            self.learner.load_state_dict(saved.tensors, saved.state)
+            if isinstance(self.env, SubprocessEnv):
+                self.env.restarts = int(saved.state["faults"].get("env_restarts", 0))
+            checkpoint.load_rng_state(
+                saved.tensors["rng"], saved.state["rng"], {"rollout": self.collector.generator},
+                {"groups": self.collector.rng, **_env_rngs(self.env)},
+            )
+            history = list(saved.state["history"])
+        except (KeyError, TypeError, ValueError, IndexError, RuntimeError, AttributeError) as exc:
+            raise checkpoint.CheckpointError(
+                f"checkpoint '{saved.path}' does not fit this run: {type(exc).__name__} "
+                f"{short_repr(str(exc))} while restoring it.\n"
+                "Fix: resume with the config it was saved with (its config.yaml), or start a new run"
+            ) from None
         if self.context.active:
             distributed.reseed_rollouts(self.collector.rng, self.collector.generator, self.local, saved.step)
-        self.result.history = list(saved.state["history"])
+        self.result.history = history
         self.step = saved.step
         self.console.print(f"resuming {self.result.run_dir} from step {saved.step}")
 

@@ -334,3 +334,14 @@ def test_hostile_config_within_a_memory_cap(case, files):
                           timeout=30, preexec_fn=cap)
     assert proc.returncode == 2, proc.stderr
     _check_stderr(proc.stderr, expected)
+
+
+def test_cuda_without_a_gpu_is_two_lines(tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(SystemExit) as info:
+        main(["--set", "train.device=cuda", "--set", "tracking.enabled=false", "--set", f"train.output_dir={tmp_path}"])
+    assert info.value.code == 2
+    _check_stderr(capsys.readouterr().err, ["train.device = 'cuda', but torch sees no CUDA device", "--set train.device=cpu"])

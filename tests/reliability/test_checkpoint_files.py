@@ -42,8 +42,50 @@ def test_truncated_checkpoint_is_rejected_and_previous_offered(tmp_path):
         checkpoint.load(paths[-1])
     lines = str(info.value).splitlines()
     assert len(lines) == 2
-    assert "policy.safetensors is truncated or modified" in lines[0]
+    assert "policy.safetensors has the wrong size for its manifest entry" in lines[0]
     assert lines[1] == f"Fix: resume from the previous one: pcm-run --resume {paths[-2]}"
+
+
+def _no_hang():
+    """Fail (SIGALRM) instead of hanging when loading blocks on a special file."""
+    import signal
+
+    def fail(*_):
+        raise AssertionError("checkpoint loading blocked")
+
+    signal.signal(signal.SIGALRM, fail)
+    signal.alarm(20)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero-link", "link-to-copy", "directory"])
+def test_special_files_are_rejected_without_reading_them(tmp_path, kind):
+    import os
+    import signal
+
+    paths = _write(tmp_path, steps=(1, 2))
+    weights = paths[-1] / "policy.safetensors"
+    copy = tmp_path / "copy.safetensors"
+    copy.write_bytes(weights.read_bytes())
+    weights.unlink()
+    {"fifo": lambda: os.mkfifo(weights), "dev-zero-link": lambda: weights.symlink_to("/dev/zero"),
+     "link-to-copy": lambda: weights.symlink_to(copy), "directory": lambda: weights.mkdir()}[kind]()
+    _no_hang()
+    try:
+        with pytest.raises(CheckpointError) as info:
+            checkpoint.load(paths[-1])
+    finally:
+        signal.alarm(0)
+    lines = str(info.value).splitlines()
+    assert "policy.safetensors is not a regular file" in lines[0]
+    assert lines[1] == f"Fix: resume from the previous one: pcm-run --resume {paths[-2]}"
+
+
+def test_a_manifest_that_is_a_folder_is_rejected(tmp_path):
+    paths = _write(tmp_path, steps=(1,))
+    (paths[0] / "manifest.json").unlink()
+    (paths[0] / "manifest.json").mkdir()
+    with pytest.raises(CheckpointError, match="manifest.json is not a regular file"):
+        checkpoint.load(paths[0])
 
 
 def test_missing_manifest_is_rejected(tmp_path):
@@ -105,3 +147,29 @@ def test_locate_latest_finds_the_newest_run(tmp_path):
     assert checkpoint.locate("latest", tmp_path).name == "step_000005"
     with pytest.raises(CheckpointError, match="no checkpoint found"):
         checkpoint.locate("latest", tmp_path / "nothing")
+
+
+@pytest.mark.parametrize("tamper", ["model-size", "state-json"])
+def test_a_checkpoint_that_does_not_fit_the_run_is_two_lines(tiny_args, tmp_path, capsys, tamper):
+    """Consistently hashed but wrong: another model size, or a state.json edited and re-hashed."""
+    import hashlib
+
+    main(tiny_args(tmp_path, "train.steps=1"))
+    saved = checkpoint.locate("latest", tmp_path)
+    resume = ["--resume", str(saved), "--set", "train.steps=2"]
+    if tamper == "model-size":
+        resume += ["--set", "policy.options.hidden_size=64"]
+    else:
+        state = json.loads((saved / "state.json").read_text())
+        state["faults"] = "nothing"
+        (saved / "state.json").write_text(json.dumps(state))
+        manifest = json.loads((saved / "manifest.json").read_text())
+        data = (saved / "state.json").read_bytes()
+        manifest["files"]["state.json"] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+        (saved / "manifest.json").write_text(json.dumps(manifest))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        main(resume)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert info.value.code == 2 and len(err) == 2, err
+    assert "does not fit this run" in err[0] and "Traceback" not in "".join(err)
