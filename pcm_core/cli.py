@@ -118,6 +118,10 @@ def plugins() -> None:
         out.print("[bold]known backends not installed[/bold]")
         for kind, name, extra in missing:
             out.print(f'  {kind} {name}: pip install "pcm-vla[{extra}]"', markup=False)
+    if registry.duplicates:
+        out.print("[bold]names registered twice[/bold]")
+        for message in registry.duplicates:
+            out.print(f"  {message}", markup=False, soft_wrap=True)
     if registry.broken:
         out.print("[bold red]broken plugins[/bold red]")
         for broken in registry.broken:

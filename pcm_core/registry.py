@@ -20,7 +20,7 @@ import pluggy
 
 from pcm_core import hookspecs
 from pcm_core.errors import MissingBackendError, UnknownComponentError
-from pcm_core.interfaces import KINDS, Component
+from pcm_core.interfaces import KINDS, Component, Options
 
 ENTRY_POINT_GROUP = "pcm"
 PLUGINS_ENV_VAR = "PCM_PLUGINS"
@@ -84,6 +84,7 @@ class Registry:
         self.pm = pluggy.PluginManager(ENTRY_POINT_GROUP)
         self.pm.add_hookspecs(hookspecs)
         self.broken: list[BrokenPlugin] = []
+        self.duplicates: list[str] = []  # names registered twice (the first stays); `pcm-run plugins` lists them
         self._origin: dict[object, tuple[str, str]] = {}
         for module_name in BUILTIN_PLUGINS:
             self._load(module_name, module_name, DISTRIBUTION)
@@ -95,7 +96,8 @@ class Registry:
         try:
             module = importlib.import_module(module_name)
             self.pm.register(module, name=label)
-        except Exception as exc:  # a broken plugin must not take the others down
+        except BaseException as exc:  # a broken plugin (even one calling sys.exit) must not take the others down
+            _reraise_interrupt(exc)
             self.broken.append(BrokenPlugin(label, distribution, f"{type(exc).__name__}: {exc}"))
             return
         self._origin[module] = (label, distribution)
@@ -110,7 +112,8 @@ class Registry:
             try:
                 module = ep.load()
                 self.pm.register(module, name=ep.name)
-            except Exception as exc:
+            except BaseException as exc:
+                _reraise_interrupt(exc)
                 self.broken.append(BrokenPlugin(ep.name, distribution, f"{type(exc).__name__}: {exc}"))
                 continue
             self._origin[module] = (ep.name, distribution)
@@ -124,15 +127,21 @@ class Registry:
                 def register(name: str, cls: type, _kind=kind, _p=plugin, _d=distribution) -> None:
                     if not (isinstance(cls, type) and issubclass(cls, KINDS[_kind].base)):
                         raise TypeError(f"plugin {_p} registered {_kind} '{name}' that is not a {KINDS[_kind].base.__name__}")
+                    options = getattr(cls, "Options", None)
+                    if not (isinstance(options, type) and issubclass(options, Options)):
+                        raise TypeError(f"plugin {_p} registered {_kind} '{name}' whose Options is not a subclass of "
+                                        "pcm_core.interfaces.Options (a pydantic model)")
                     earlier = components[_kind].get(name)
                     if earlier is not None:
-                        _warn_duplicate(earlier, _p)
+                        self.duplicates.append(_duplicate_message(earlier, _p))
+                        logger.debug(self.duplicates[-1])
                         return
                     components[_kind][name] = Registration(_kind, name, cls, _p, _d)
 
                 try:
                     impl.function(register=register)
-                except Exception as exc:
+                except BaseException as exc:
+                    _reraise_interrupt(exc)
                     self.broken.append(BrokenPlugin(plugin, distribution, f"{type(exc).__name__}: {exc}"))
         return components
 
@@ -178,13 +187,16 @@ class Registry:
         return self.pm.hook
 
 
-def _warn_duplicate(earlier: Registration, plugin: str) -> None:
+def _duplicate_message(earlier: Registration, plugin: str) -> str:
     """``plugin`` registers a name ``earlier`` already holds: the earlier registration stays."""
-    logger.warning(
-        "plugin %s registers %s '%s', which plugin %s already registered; %s's is used. "
-        "Fix: give one of them another name",
-        plugin, earlier.kind, earlier.name, earlier.plugin, earlier.plugin,
-    )
+    return (f"plugin {plugin} registers {earlier.kind} '{earlier.name}', which plugin {earlier.plugin} already "
+            f"registered; {earlier.plugin}'s is used. Fix: give one of them another name")
+
+
+def _reraise_interrupt(exc: BaseException) -> None:
+    """Ctrl-C while a plugin loads still stops the program; anything else only breaks that plugin."""
+    if isinstance(exc, KeyboardInterrupt):
+        raise exc
 
 
 @lru_cache(maxsize=1)

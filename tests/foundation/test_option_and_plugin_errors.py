@@ -97,17 +97,36 @@ def test_known_backend_of_a_broken_plugin_reports_the_plugin_error(monkeypatch):
     assert fix == 'Fix: correct that error (a missing module: pip install "pcm-vla[openvla]")'
 
 
-def test_duplicate_name_keeps_the_first_and_warns_naming_both(tmp_path, monkeypatch, caplog):
+def test_duplicate_name_keeps_the_first_and_records_both(tmp_path, monkeypatch, caplog):
+    """Recorded for `pcm-run plugins`, not warned on every command (an error stays two lines)."""
     (tmp_path / "dup_gripper_plugin.py").write_text(DUPLICATE_PLUGIN)
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setattr("pcm_core.registry.BUILTIN_PLUGINS", ("pcm_phases.plugin", "dup_gripper_plugin"))
     with caplog.at_level(logging.WARNING, logger="pcm_core.registry"):
         registry = Registry(load_entry_points=False)
     assert registry.get("segmenter", "gripper").plugin == "pcm_phases.plugin"
-    (message,) = [r.getMessage() for r in caplog.records]
+    assert caplog.records == []
+    (message,) = registry.duplicates
     assert "plugin dup_gripper_plugin registers segmenter 'gripper'" in message
     assert "plugin pcm_phases.plugin already registered" in message
     assert registry.broken == []
+
+
+EXITING_PLUGIN = "import sys\nsys.exit(3)\n"
+NOT_PYDANTIC_PLUGIN = DUPLICATE_PLUGIN.replace("num_phases = 1", "num_phases = 1\n    Options = dict").replace(
+    'register("gripper", Gripper)', 'register("odd", Gripper)')
+
+
+@pytest.mark.parametrize("source, error", [(EXITING_PLUGIN, "SystemExit: 3"), (NOT_PYDANTIC_PLUGIN, "whose Options is not")])
+def test_a_hostile_plugin_is_marked_broken_and_the_rest_works(tmp_path, monkeypatch, source, error):
+    (tmp_path / "hostile_plugin.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr("pcm_core.registry.BUILTIN_PLUGINS", ("pcm_phases.plugin", "hostile_plugin"))
+    registry = Registry(load_entry_points=False)
+    (broken,) = registry.broken
+    assert broken.plugin == "hostile_plugin" and error in broken.error
+    assert registry.get("segmenter", "gripper").plugin == "pcm_phases.plugin"
+    assert "odd" not in registry.components("segmenter")
 
 
 @pytest.mark.parametrize("kind, plural", [("policy", "policies"), ("proxy", "variance proxies"), ("env", "envs")])
