@@ -32,6 +32,7 @@ from pcm_core.learner import Learner
 from pcm_core.plots import plot_keep_probabilities, plot_success, write_gif
 from pcm_core.profiling import StepTimer
 from pcm_core.registry import get_registry
+from pcm_core.run_lock import RunLock
 from pcm_core.tracking import Tracker
 from pcm_core.types import RolloutBatch
 from pcm_core.vector_env import SubprocessEnv
@@ -228,6 +229,7 @@ class Run:
     step: int = 0  # the last finished step
     last_batch: RolloutBatch | None = None
     last_checkpoint: Path | None = None
+    lock: RunLock | None = None  # rank 0 holds the run folder while the run is open
 
     @classmethod
     def start(
@@ -243,7 +245,13 @@ class Run:
         if not context.is_main:
             console = Console(quiet=True)
         run_dir = cls._run_dir(config, context, resume)
-        parts = build(components, local, device)
+        lock = RunLock.acquire(run_dir) if context.is_main else None
+        try:
+            parts = build(components, local, device)
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            raise
         env, policy = parts["env"], parts["policy"]
         tracker = Tracker(local.tracking, local_dir=run_dir / "mlruns", log=console.print)
         collector: Collector | None = None
@@ -254,7 +262,7 @@ class Run:
             rng, generator = np.random.default_rng(local.train.seed), torch.Generator().manual_seed(local.train.seed)
             collector = make_collector(env, policy, local, components, rng, generator, log=console.print)
             run = cls(config, local, context, device, env, policy, learner, collector, tracker, get_registry().hook(),
-                      console, RunResult(run_dir))
+                      console, RunResult(run_dir), lock=lock)
             if resume is not None:
                 run.restore(resume)
             tracker.start(config.model_dump(mode="json"), run_id=resume.state.get("run_id") if resume else None)
@@ -268,6 +276,8 @@ class Run:
             return run
         except BaseException:
             tracker.end(status="FAILED")
+            if lock is not None:
+                lock.release()
             env.close()
             if collector is not None:
                 collector.close()
@@ -395,6 +405,8 @@ class Run:
         self.env.close()
         self.collector.close()
         distributed.shutdown(self.context)
+        if self.lock is not None:
+            self.lock.release()
 
 
 def train(

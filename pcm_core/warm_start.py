@@ -158,6 +158,20 @@ def behaviour_clone(
     return mean_loss
 
 
+def probe_cache(folder: Path) -> None:
+    """Make sure the warm start can be cached in ``folder`` before any work goes into it."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".write_probe"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(
+            f"warm-start cache '{folder}' is not writable: {exc.strerror or exc}.\n"
+            "Fix: --set train.sft.cache_dir=DIR with a folder you can write"
+        ) from None
+
+
 def warm_start(policy: PolicyBackend, env: EnvBackend, config: RunConfig, log: Callable[[str], Any] = print) -> Path:
     """Load the cached warm start for this config, or build and cache it. Returns its folder."""
     folder = cache_path(config)
@@ -167,6 +181,7 @@ def warm_start(policy: PolicyBackend, env: EnvBackend, config: RunConfig, log: C
         log(f"warm start: loaded cached SFT weights from {folder}")
         return folder
     sft = config.train.sft
+    probe_cache(folder)  # fail now, not after the cloning
     log(f"warm start: collecting {sft.demos} scripted demonstrations")
     obs, instructions, actions = collect_demonstrations(
         env, policy.action_spec.chunk_size, sft.demos, sft_seed(config), sft.execution_noise, sft.gripper_flip_prob

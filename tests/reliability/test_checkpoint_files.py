@@ -173,3 +173,30 @@ def test_a_checkpoint_that_does_not_fit_the_run_is_two_lines(tiny_args, tmp_path
     err = capsys.readouterr().err.strip().splitlines()
     assert info.value.code == 2 and len(err) == 2, err
     assert "does not fit this run" in err[0] and "Traceback" not in "".join(err)
+
+
+def test_a_second_process_on_one_run_folder_is_refused(tiny_args, tmp_path, capsys):
+    """Another process resuming the same run holds its folder (flock, released at exit): refused, nothing written."""
+    import subprocess
+    import sys
+
+    main(tiny_args(tmp_path, "train.steps=1"))
+    saved = checkpoint.locate("latest", tmp_path)
+    run_dir = saved.parent.parent
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
+                               "from pcm_core.run_lock import RunLock; lock = RunLock.acquire(Path(sys.argv[1])); "
+                               "print('held', flush=True); time.sleep(60)", str(run_dir)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as info:
+            main(["--resume", str(saved), "--set", "train.steps=2"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert info.value.code == 2 and len(err) == 2, err
+        assert f"run folder '{run_dir}' is in use by another pcm-run (pid {holder.pid})" in err[0]
+        assert [p.name for p in checkpoint.list_checkpoints(run_dir / "checkpoints")] == ["step_000001"]
+    finally:
+        holder.kill()
+        holder.wait()
+    main(["--resume", str(saved), "--set", "train.steps=2"])  # the holder is gone: the lock went with it
+    assert checkpoint.locate("latest", tmp_path).name == "step_000002"

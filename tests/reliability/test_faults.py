@@ -106,3 +106,20 @@ def test_unreachable_tracking_server(tiny_args, tmp_path, capsys):
     assert run.data.params["pcm.budget"] == "4"
     assert [m.step for m in client.get_metric_history(run.info.run_id, "eval_success_rate")] == [0, 2]
     assert [m.step for m in client.get_metric_history(run.info.run_id, "kept_chunk_fraction")] == [1, 2]
+
+
+def test_an_unwritable_warm_start_cache_fails_before_the_cloning(tmp_path, capsys):
+    import os
+
+    if os.geteuid() == 0:  # root writes anywhere: point the cache below a file instead
+        cache = tmp_path / "a_file" / "cache"
+        (tmp_path / "a_file").write_text("")
+    else:
+        cache = tmp_path / "read_only"
+        cache.mkdir(mode=0o500)
+    with pytest.raises(SystemExit) as info:
+        main(["--set", f"train.sft.cache_dir={cache}", "--set", "tracking.enabled=false", "--set", f"train.output_dir={tmp_path / 'runs'}",
+              "--set", "train.sft.demos=1000000"])  # a million demonstrations: failing after them would take hours
+    err = capsys.readouterr().err.strip().splitlines()
+    assert info.value.code == 2 and len(err) == 2, err
+    assert "is not writable" in err[0] and "train.sft.cache_dir" in err[1]
