@@ -18,14 +18,19 @@ def pyplot():
     return plt
 
 
-def plot_keep_probabilities(history: list[dict[str, float]], path: Path) -> Path:
-    """One line per phase: q_k over training steps (where PCM learned outcomes diverge)."""
+def plot_keep_probabilities(history: list[dict[str, float]], path: Path, phase_names: list[str] | None = None) -> Path:
+    """One line per phase: q_k over training steps (where PCM learned outcomes diverge); the
+    legend names each phase (``phase 1: align + grasp``) when ``phase_names`` are given."""
     plt = pyplot()
     phases = sorted({key for row in history for key in row if key.startswith("keep_prob/phase_")}, key=lambda k: int(k.rsplit("_", 1)[1]))
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for key in phases:
         steps = [row["step"] for row in history if key in row]
-        ax.plot(steps, [row[key] for row in history if key in row], label=key.split("/")[1].replace("_", " "))
+        label = key.split("/")[1].replace("_", " ")
+        k = int(key.rsplit("_", 1)[1])
+        if phase_names is not None and k < len(phase_names):
+            label = f"{label}: {phase_names[k]}"
+        ax.plot(steps, [row[key] for row in history if key in row], label=label)
     ax.set_xlabel("training step")
     ax.set_ylabel("keep probability q_k")
     ax.set_ylim(0, 1)

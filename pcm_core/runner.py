@@ -27,7 +27,7 @@ from pcm_core.collectors import EVAL_INIT_OFFSET, Collector
 from pcm_core.communicator import Communicator, Context
 from pcm_core.config import ResolvedComponent, RunConfig, short_repr
 from pcm_core.errors import ConfigError, PcmError
-from pcm_core.interfaces import EnvBackend, PolicyBackend
+from pcm_core.interfaces import EnvBackend, PhaseSegmenter, PolicyBackend
 from pcm_core.learner import Learner
 from pcm_core.plots import plot_keep_probabilities, plot_success, write_gif
 from pcm_core.profiling import StepTimer
@@ -96,13 +96,22 @@ def build(components: dict[str, ResolvedComponent], config: RunConfig, device: t
         return {
             "env": env,
             "policy": components["policy"].build().to(device),
-            "segmenter": components["segmenter"].build(),
+            "segmenter": _named_by_env(components["segmenter"].build(), components["env"].cls.phase_names),
             "proxy": components["proxy"].build(),
             "sampler": components["sampler"].build(),
         }
     except BaseException:
         env.close()
         raise
+
+
+def _named_by_env(segmenter: PhaseSegmenter, env_phase_names: tuple[str, ...] | None) -> PhaseSegmenter:
+    """A segmenter with a ``phase_names`` option left unset (``env``) takes the names the env gives
+    its labels, so plots and the tracker say "align + grasp", not "label 1"."""
+    options = segmenter.options
+    if env_phase_names and "phase_names" in type(options).model_fields and options.phase_names is None:
+        segmenter.options = options.model_copy(update={"phase_names": list(env_phase_names)})
+    return segmenter
 
 
 class StopRequests:
@@ -265,7 +274,8 @@ class Run:
                       console, RunResult(run_dir), lock=lock)
             if resume is not None:
                 run.restore(resume)
-            tracker.start(config.model_dump(mode="json"), run_id=resume.state.get("run_id") if resume else None)
+            params = {**config.model_dump(mode="json"), "phase_names": learner.segmenter.phase_names}
+            tracker.start(params, run_id=resume.state.get("run_id") if resume else None)
             run.result.run_id, run.result.tracking_uri = tracker.run_id, tracker.uri
             if context.is_main:
                 (run_dir / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
@@ -396,7 +406,7 @@ class Run:
         """End of a finished run: the final policy and artifacts (rank 0), the run-end hook."""
         self.learner.parallel.release()
         if self.context.is_main:
-            _write_artifacts(self.result, self.policy, self.last_batch, self.tracker)
+            _write_artifacts(self.result, self.policy, self.last_batch, self.tracker, self.learner.segmenter.phase_names)
         self.hooks.pcm_on_run_end(summary={"run_dir": str(self.result.run_dir), "history": self.result.history, "stopped": False})
         self.tracker.end()
         return self.result
@@ -451,10 +461,12 @@ def train(
     return result
 
 
-def _write_artifacts(result: RunResult, policy: PolicyBackend, batch: RolloutBatch | None, tracker: Tracker) -> None:
+def _write_artifacts(
+    result: RunResult, policy: PolicyBackend, batch: RolloutBatch | None, tracker: Tracker, phase_names: list[str]
+) -> None:
     run_dir = result.run_dir
     policy.save(str(run_dir / "policy"))
-    plot_keep_probabilities(result.history, run_dir / "keep_probabilities.png")
+    plot_keep_probabilities(result.history, run_dir / "keep_probabilities.png", phase_names)
     plot_success(result.history, run_dir / "success.png")
     if batch is not None and "image" in batch.obs:
         for label, wanted in (("success", 1.0), ("failure", 0.0)):

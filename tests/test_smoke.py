@@ -53,6 +53,7 @@ def test_pcm_run_end_to_end(tiny_run_args, tmp_path):
     # 16 chunks per trajectory (64 steps / K=4), budget 4 -> exactly a quarter kept
     assert run.data.metrics["kept_chunk_fraction"] == pytest.approx(4 / 16)
     assert run.data.params["pcm.budget"] == "4"
+    assert "align + grasp" in run.data.params["phase_names"]  # the env's names for the default env segmenter
 
     (run_dir,) = (tmp_path / "runs").iterdir()
     for name in ("config.yaml", "keep_probabilities.png", "success.png", "policy"):
