@@ -46,3 +46,17 @@ def test_resume_is_exact(tiny_args, tmp_path, learning_signal):
     (run,) = client.search_runs(client.get_experiment_by_name("pcm-vla").experiment_id)
     assert run.info.run_id == split.state["run_id"] and run.info.status == "FINISHED"
     assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [1, 2, 3, 4, 5, 6]
+
+
+def test_the_first_steps_of_a_longer_run_are_the_shorter_run(tiny_args, tmp_path, learning_signal):
+    """Nothing in training depends on train.steps, so benchmarks may read a 50-step run off the
+    first 50 steps of a 100-step one (benchmarks.warm_starts.from_time_to_success)."""
+    main(tiny_args(tmp_path / "short", "train.steps=2", "train.checkpoint_every=1"))
+    main(tiny_args(tmp_path / "long", "train.steps=3", "train.checkpoint_every=1", "train.keep_checkpoints=5"))
+    short = checkpoint.load(checkpoint.locate("latest", tmp_path / "short"))
+    long_run = next((tmp_path / "long").iterdir())
+    at_two = checkpoint.load(long_run / "checkpoints" / "step_000002")
+    for name, tensor in short.tensors["policy"].items():
+        assert torch.equal(tensor, at_two.tensors["policy"][name]), name
+    keys = ("success_rate", "loss", "entropy")
+    assert [[row.get(k) for k in keys] for row in short.state["history"]] == [[row.get(k) for k in keys] for row in at_two.state["history"]]
