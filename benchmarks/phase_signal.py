@@ -43,6 +43,7 @@ from pcm_core.config import RunConfig, load_config
 from pcm_core.interfaces import PhaseSegmenter
 from pcm_core.learner import Learner, SelectionResult
 from pcm_core.plots import pyplot
+from pcm_core.runner import named_by_env
 from pcm_core.types import CompactBatch, RolloutBatch, Selection
 from pcm_phases.segmenters import EnvSegmenter, GripperSegmenter
 
@@ -73,10 +74,8 @@ def measured_config(s: dict[str, Any], cache_dir: str | None) -> RunConfig:
 def phase_segmenters(config: RunConfig, learner: Learner, env_phase_names: tuple[str, ...] | None) -> dict[str, PhaseSegmenter]:
     """``env`` (the env's labels, with the names the env gives them), ``gripper`` (the segmenter
     that needs no labels, for comparison) and the configured segmenter, by name."""
-    options = dict(config.pcm.segmenter_options) if config.pcm.segmenter == "env" else {}
-    if env_phase_names is not None:
-        options.setdefault("phase_names", list(env_phase_names))
-    found: dict[str, PhaseSegmenter] = {"env": EnvSegmenter(EnvSegmenter.Options.model_validate(options)),
+    options = EnvSegmenter.Options.model_validate(config.pcm.segmenter_options if config.pcm.segmenter == "env" else {})
+    found: dict[str, PhaseSegmenter] = {"env": named_by_env(EnvSegmenter(options), env_phase_names),
                                         "gripper": GripperSegmenter(GripperSegmenter.Options())}
     if config.pcm.segmenter != "env":
         found[config.pcm.segmenter] = learner.segmenter

@@ -22,12 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import CONFIGS, QUICK_TRAINING, machine, machine_line, resolve_device, table, train_to_end, write_outputs
+from benchmarks.time_to_success import METHODS as TIME_TO_SUCCESS_METHODS
 from pcm_core.config import load_config
 from pcm_core.plots import pyplot
 
 WINDOW = 5
 """Steps averaged for the first and last entropy and training success."""
-METHODS_OF_TIME_TO_SUCCESS = {"grpo": "configs/quickstart_grpo.yaml", "pcm": "configs/quickstart.yaml"}
 
 
 def settings(quick: bool, args: argparse.Namespace | None = None) -> dict[str, Any]:
@@ -105,7 +105,7 @@ def from_time_to_success(result: dict[str, Any], method: str, steps: int) -> dic
             "curves": {key: [row[key] for row in rows] for key in ("success_rate", "entropy", "kept_chunk_fraction")},
             "config": {**r["config"], "train": {**r["config"]["train"], "steps": steps}},
         })
-    config = METHODS_OF_TIME_TO_SUCCESS[method]
+    config = str(TIME_TO_SUCCESS_METHODS[method].relative_to(CONFIGS.parent))
     overrides = [o for o in result["settings"]["overrides"] if not o.startswith(("train.eval_every", "train.sft.seed"))]
     s = {"config": config, "seeds": [r["seed"] for r in runs], "eval_episodes": runs[0]["config"]["train"]["eval_episodes"],
          "overrides": overrides, "read_off": f"time_to_success, {method}'s runs, steps 0-{steps}"}

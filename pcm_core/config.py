@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from pcm_core.errors import ConfigError
-from pcm_core.fields import no_bools_for_numbers
+from pcm_core.fields import NumbersAreNumbers
 
 
 Beta = Annotated[float, Field(ge=0.0, lt=1.0)]
@@ -33,13 +33,8 @@ MAX_YAML_NODES = 100_000
 """Largest config a YAML file or override may expand to (scalars, counting every alias expansion)."""
 
 
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _no_bools_for_numbers(cls, value: Any, info: Any) -> Any:
-        return no_bools_for_numbers(cls, info.field_name, value)
+class Section(NumbersAreNumbers):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 class EnvConfig(Section):

@@ -6,7 +6,7 @@ import types
 import typing
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, field_validator
 
 
 def no_bools_for_numbers(model: type[BaseModel], name: str, value: Any) -> Any:
@@ -19,3 +19,15 @@ def no_bools_for_numbers(model: type[BaseModel], name: str, value: Any) -> Any:
         if bool not in options and any(option in (int, float) for option in options):
             raise ValueError(f"a boolean is not a number (got {value})")
     return value
+
+
+class NumbersAreNumbers(BaseModel):
+    """Base of every config model (run sections and component ``Options``): numbers are finite
+    (no ``.inf`` or ``.nan``) and never booleans."""
+
+    model_config = ConfigDict(allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bools_for_numbers(cls, value: Any, info: Any) -> Any:
+        return no_bools_for_numbers(cls, info.field_name, value)

@@ -11,26 +11,21 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, ClassVar, Sequence
+from typing import ClassVar, Sequence
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import ConfigDict
 from torch import Tensor, nn
 
-from pcm_core.fields import no_bools_for_numbers
+from pcm_core.fields import NumbersAreNumbers
 from pcm_core.types import ActionSpec, PhaseScores, PolicyOutput, RolloutBatch, Selection
 
 
-class Options(BaseModel):
+class Options(NumbersAreNumbers):
     """Base of every component's options: unknown keys are errors, numbers are finite and no booleans."""
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _no_bools_for_numbers(cls, value: Any, info: Any) -> Any:
-        return no_bools_for_numbers(cls, info.field_name, value)
+    model_config = ConfigDict(extra="forbid")
 
 
 class Component(ABC):

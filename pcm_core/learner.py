@@ -259,7 +259,7 @@ class Learner:
         state = {p: {k: v.clone() if torch.is_tensor(v) else v for k, v in self.optimizer.state[p].items()}
                  for p in trainable if p in self.optimizer.state}
         self.optimizer.step()
-        finite = all(bool(torch.isfinite(p).all()) for p in trainable)
+        finite = bool(torch.stack([torch.isfinite(p).all() for p in trainable]).all())  # one device sync
         if not self.comm.any(not finite):
             return True
         with torch.no_grad():

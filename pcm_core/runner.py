@@ -96,7 +96,7 @@ def build(components: dict[str, ResolvedComponent], config: RunConfig, device: t
         return {
             "env": env,
             "policy": components["policy"].build().to(device),
-            "segmenter": _named_by_env(components["segmenter"].build(), components["env"].cls.phase_names),
+            "segmenter": named_by_env(components["segmenter"].build(), components["env"].cls.phase_names),
             "proxy": components["proxy"].build(),
             "sampler": components["sampler"].build(),
         }
@@ -105,7 +105,7 @@ def build(components: dict[str, ResolvedComponent], config: RunConfig, device: t
         raise
 
 
-def _named_by_env(segmenter: PhaseSegmenter, env_phase_names: tuple[str, ...] | None) -> PhaseSegmenter:
+def named_by_env(segmenter: PhaseSegmenter, env_phase_names: tuple[str, ...] | None) -> PhaseSegmenter:
     """A segmenter with a ``phase_names`` option left unset (``env``) takes the names the env gives
     its labels, so plots and the tracker say "align + grasp", not "label 1"."""
     options = segmenter.options
