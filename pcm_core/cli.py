@@ -53,7 +53,7 @@ def run(
     """Train on the embedded default, or on what --config / --env / --policy name."""
     if ctx.invoked_subcommand is not None:
         return
-    from pcm_core.config import load_config, resolve_components
+    from pcm_core.config import load_config, resolve_components, resolve_trackers
     from pcm_core.distributed import check_ranks
     from pcm_core.ray_rollouts import require_ray
 
@@ -69,6 +69,7 @@ def run(
         assert saved.path is not None
         resolved_config = load_config(saved.path / checkpoint.CONFIG, overrides, env=env, policy=policy)
     components = resolve_components(resolved_config)
+    resolve_trackers(resolved_config.tracking)
     check_ranks(resolved_config, nproc if nproc > 1 else int(os.environ.get("WORLD_SIZE", "1")))
     require_ray(resolved_config.distributed.rollout_workers)  # here, not after the warm start
     if dry_run:
@@ -111,7 +112,11 @@ def plugins() -> None:
         table.add_column("options")
         table.add_column("provided by")
         for name, registration in registry.components(kind).items():
-            table.add_row(name, _describe_options(registration.cls.Options), registration.distribution)
+            described = _describe_options(registration.cls.Options)
+            phases = getattr(registration.cls, "phase_names", None)
+            if isinstance(phases, (tuple, list)):  # an env naming its phase labels
+                described += "\nphase labels: " + ", ".join(f"{k} {n}" for k, n in enumerate(phases))
+            table.add_row(name, described, registration.distribution)
         out.print(table)
     missing = registry.missing_backends()
     if missing:

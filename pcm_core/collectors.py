@@ -8,6 +8,7 @@ refill groups with equal outcomes (dynamic sampling) and evaluate the same way.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -24,6 +25,16 @@ EVAL_INIT_OFFSET = 1_000_000
 
 DYNAMIC_SAMPLING_ROUNDS = 3
 """Extra rounds of groups dynamic sampling draws, at most, to replace groups with equal outcomes."""
+
+
+@dataclass
+class Evaluation:
+    """One evaluation: the success rate over every episode, and the first batch of episodes
+    (``batch`` with one trajectory per entry of ``groups``), what the evaluation videos show."""
+
+    success_rate: float
+    batch: RolloutBatch
+    groups: list[GroupSpec]
 
 
 def draw_groups(rng: np.random.Generator, env: EnvBackend, count: int) -> list[GroupSpec]:
@@ -87,20 +98,25 @@ class Collector:
         groups = merged.group_index.unique()[: train.tasks_per_step]
         return merged.select_trajectories(torch.nonzero(torch.isin(merged.group_index, groups)).squeeze(1))
 
-    def evaluate(self) -> float:
+    def evaluate(self) -> Evaluation:
         """Success rate on ``train.eval_episodes`` fixed initial states (the same at every call,
-        for every seed), in this process."""
+        for every seed), in this process; the first batch of episodes comes back for videos."""
         train = self.config.train
         episodes = train.eval_episodes
         generator = torch.Generator().manual_seed(train.seed + EVAL_INIT_OFFSET)
         successes: list[float] = []
+        first: tuple[RolloutBatch, list[GroupSpec]] | None = None
         for start in range(0, episodes, self.env.num_envs):
             ids = [start + i for i in range(self.env.num_envs)]
             groups = [GroupSpec(i % self.env.num_tasks, EVAL_INIT_OFFSET + i) for i in ids]
             with policy_precision(self.policy.device, train):
                 batch = collect(self.env, self.policy, groups, 1, generator, greedy=train.eval_greedy)
             successes.extend(batch.rewards.tolist()[: episodes - start])
-        return float(np.mean(successes))
+            if first is None:
+                count = min(episodes, len(groups))
+                first = (batch.select_trajectories(torch.arange(count)), groups[:count])
+        assert first is not None
+        return Evaluation(float(np.mean(successes)), *first)
 
     def publish(self) -> dict[str, float]:
         """After an update: hand the new weights to wherever episodes run (here they are shared);

@@ -171,10 +171,31 @@ class TrainConfig(Section):
 
 
 class TrackingConfig(Section):
-    enabled: bool = Field(True)
+    enabled: bool = Field(True, description="false: no tracker at all (the run folder still gets plots and videos)")
+    backends: list[str] = Field(
+        default_factory=lambda: ["mlflow"], description="registered trackers the run logs to (`pcm-run plugins` lists them)"
+    )
+    options: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="each tracker's own Options by name, e.g. {wandb: {mode: online}}"
+    )
     uri: str | None = Field(None, description="MLflow tracking URI; default $MLFLOW_TRACKING_URI or ./mlruns")
-    experiment: str = Field("pcm-vla")
+    experiment: str = Field("pcm-vla", description="MLflow experiment, W&B project")
     run_name: str | None = Field(None)
+    log_policy: bool = Field(True, description="upload the final policy folder as an artifact (off for large models)")
+    eval_videos: int = Field(2, ge=0, le=64, description="episodes of each evaluation written as MP4 (successes and failures)")
+    train_videos: bool = Field(
+        True, description="at each evaluation, an MP4 of training rollouts with a strip of each chunk's phase and whether PCM kept it"
+    )
+
+    @model_validator(mode="after")
+    def _each_backend_once(self) -> "TrackingConfig":
+        repeated = sorted({name for name in self.backends if self.backends.count(name) > 1})
+        if repeated:
+            raise ValueError(f"tracking.backends names {', '.join(repeated)} more than once")
+        unused = sorted(set(self.options) - set(self.backends))
+        if unused:
+            raise ValueError(f"tracking.options has options for {', '.join(unused)}, which tracking.backends does not enable")
+        return self
 
 
 class DistributedConfig(Section):
@@ -457,4 +478,26 @@ def resolve_components(config: RunConfig, registry: Any = None, check_installed:
                 format_validation_error(exc, prefix=f"{where}.", model=registration.cls.Options)
             ) from None
         resolved[kind] = ResolvedComponent(kind, name, registration.cls, validated)
+    return resolved
+
+
+def resolve_trackers(tracking: TrackingConfig, registry: Any = None) -> list[ResolvedComponent]:
+    """The trackers of ``tracking.backends`` (none when tracking is off), checked against the
+    registry and installed, with validated options."""
+    from pcm_core.registry import get_registry
+
+    if not tracking.enabled:
+        return []
+    registry = registry or get_registry()
+    resolved = []
+    for name in tracking.backends:
+        registration = registry.get("tracker", name)
+        registration.check_installed()
+        try:
+            options = registration.cls.Options.model_validate(tracking.options.get(name, {}))
+        except ValidationError as exc:
+            raise ConfigError(
+                format_validation_error(exc, prefix=f"tracking.options.{name}.", model=registration.cls.Options)
+            ) from None
+        resolved.append(ResolvedComponent("tracker", name, registration.cls, options))
     return resolved

@@ -39,6 +39,12 @@ def pcm_register_budget_samplers(register: Register) -> None:
 
 
 @hookspec
+def pcm_register_trackers(register: Register) -> None:
+    """Register experiment trackers: :class:`~pcm_core.interfaces.TrackerBackend` subclasses, enabled
+    by name in ``tracking.backends``."""
+
+
+@hookspec
 def pcm_on_run_start(config: Any, run_dir: str) -> None:
     """Called once before the first training step with the resolved ``RunConfig``."""
 

@@ -1,4 +1,4 @@
-"""The five component kinds every plugin implements.
+"""The component kinds plugins implement: five that make up a run, and trackers that watch it.
 
 Each component class declares a pydantic ``Options`` model (its configuration, validated before
 anything heavy is built) and is constructed as ``Component(options, **context)``. Heavy imports
@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import ClassVar, Sequence
+from pathlib import Path
+from typing import Callable, ClassVar, Sequence
 
 import numpy as np
 import torch
@@ -238,10 +239,48 @@ class BudgetSampler(Component):
         to keep of each trajectory (:func:`pcm_core.algo.pcm.trajectory_budgets`)."""
 
 
+class TrackerBackend(Component):
+    """Where a run's params, per-step metrics, artifacts and videos go: MLflow, TensorBoard, W&B...
+
+    Built as ``Backend(options, settings=TrackingConfig, run_dir=Path, log=print)`` once the run
+    folder exists (``log`` prints a line where the run's output goes); a run may enable several (``tracking.backends``). Any method may raise: the run's
+    :class:`~pcm_core.tracking.Tracker` turns a backend's first failure into one warning and stops
+    calling it, so tracking never stops training.
+    """
+
+    run_id: str | None = None
+    """The backend's id of this run once started (kept in checkpoints, so a resumed run continues it)."""
+
+    def __init__(self, options: Options, settings: object, run_dir: Path, log: Callable[[str], object] = print) -> None:
+        super().__init__(options)
+        self.settings = settings  # pcm_core.config.TrackingConfig
+        self.run_dir = run_dir
+        self.log = log
+
+    @abstractmethod
+    def start(self, params: dict[str, str], tags: dict[str, str], resume_id: str | None) -> None:
+        """Open the run: the flattened resolved config ``params`` and the environment fingerprint
+        ``tags``; ``resume_id`` is :attr:`run_id` of the run being resumed (None for a new run)."""
+
+    @abstractmethod
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        """One step's metrics (names as in docs/metrics.md: ``success_rate``, ``keep_prob/phase_0``...)."""
+
+    def log_artifact(self, path: Path, folder: str | None = None) -> None:
+        """A file or folder of the run (plots, the final policy); ignored by default."""
+
+    def log_video(self, path: Path, step: int) -> None:
+        """An MP4 of rollouts written at ``step``; by default an artifact in ``videos/``."""
+        self.log_artifact(path, "videos")
+
+    @abstractmethod
+    def end(self, status: str) -> None:
+        """Close the run with ``status``: ``FINISHED``, ``FAILED`` or ``KILLED`` (stopped by a signal)."""
+
+
 @dataclass(frozen=True)
 class ComponentKind:
-    """One of the five kinds of component: what the registry, the hooks, the CLI and the config
-    call it."""
+    """One kind of component: what the registry, the hooks, the CLI and the config call it."""
 
     name: str  # the kind, as in ``registry.get(kind, name)``
     base: type[Component]  # the abstract base class a registered class must subclass
@@ -261,7 +300,12 @@ COMPONENT_KINDS: tuple[ComponentKind, ...] = (
     ComponentKind("sampler", BudgetSampler, "budget samplers", "pcm_register_budget_samplers", "pcm.sampler",
                   "pcm.sampler_options"),
 )
-"""The five component kinds, in the order ``pcm-run plugins`` lists them."""
+"""The five component kinds of a run, in the order ``pcm-run plugins`` lists them."""
 
-KINDS: dict[str, ComponentKind] = {kind.name: kind for kind in COMPONENT_KINDS}
+TRACKER_KIND = ComponentKind(
+    "tracker", TrackerBackend, "trackers", "pcm_register_trackers", "tracking.backends", "tracking.options"
+)
+"""Trackers: a run names a list of them (``tracking.backends``), each with options under ``tracking.options.<name>``."""
+
+KINDS: dict[str, ComponentKind] = {kind.name: kind for kind in (*COMPONENT_KINDS, TRACKER_KIND)}
 """Component kind name -> its :class:`ComponentKind`."""

@@ -92,6 +92,7 @@ class Learner:
         self.skipped_updates = 0  # optimizer steps skipped for a non-finite loss or gradient, in all
         self.consecutive_skips = 0  # ... since the last applied step
         self._global_counts = torch.zeros(7, dtype=torch.float64)
+        self.last_selection: SelectionResult | None = None  # the latest update's phases and kept chunks
 
     def state_dict(self) -> tuple[dict[str, dict[str, Tensor]], dict[str, Any]]:
         """Everything the learner needs to go on exactly: (tensor groups, JSON data), in the
@@ -227,7 +228,7 @@ class Learner:
         reset_cuda_peak(device)
         self.meter.total_bytes = self.meter.peak_bytes = 0
         with timer.section("select", device):
-            result = self.select(batch)
+            result = self.last_selection = self.select(batch)
         self.policy.module.train()
         losses: dict[str, float] = {}
         for _ in range(self.train.update_epochs):

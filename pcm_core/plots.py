@@ -1,11 +1,9 @@
-"""Run artifacts: keep-probabilities over training, the success curve, rollout GIFs."""
+"""Run artifacts: keep-probabilities over training and the success curve."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-from torch import Tensor
 
 
 def pyplot():
@@ -59,14 +57,4 @@ def plot_success(history: list[dict[str, float]], path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-    return path
-
-
-def write_gif(frames: Tensor, path: Path, scale: int = 2, fps: int = 8) -> Path:
-    """``frames`` uint8 ``[T, H, W, 3]`` -> an animated GIF, upscaled by ``scale``."""
-    import imageio.v2 as imageio
-
-    array = frames.numpy().astype(np.uint8)
-    array = array.repeat(scale, axis=1).repeat(scale, axis=2)
-    imageio.mimsave(path, list(array), duration=1.0 / fps, loop=0)
     return path

@@ -33,6 +33,7 @@ BUILTIN_PLUGINS = (
     "pcm_openvla.plugin",
     "pcm_maniskill.plugin",
     "pcm_libero.plugin",
+    "pcm_trackers.plugin",
 )
 
 KNOWN_BACKENDS = {

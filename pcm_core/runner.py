@@ -22,14 +22,15 @@ import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from pcm_core import checkpoint, distributed
+from pcm_core import checkpoint, distributed, videos
 from pcm_core.collectors import EVAL_INIT_OFFSET, Collector
 from pcm_core.communicator import Communicator, Context
 from pcm_core.config import ResolvedComponent, RunConfig, short_repr
 from pcm_core.errors import ConfigError, PcmError
-from pcm_core.interfaces import EnvBackend, PhaseSegmenter, PolicyBackend
+from pcm_core.fingerprint import environment_fingerprint
+from pcm_core.interfaces import COMPONENT_KINDS, EnvBackend, PhaseSegmenter, PolicyBackend
 from pcm_core.learner import Learner
-from pcm_core.plots import plot_keep_probabilities, plot_success, write_gif
+from pcm_core.plots import plot_keep_probabilities, plot_success
 from pcm_core.profiling import StepTimer
 from pcm_core.registry import get_registry
 from pcm_core.run_lock import RunLock
@@ -236,7 +237,7 @@ class Run:
     console: Console
     result: RunResult
     step: int = 0  # the last finished step
-    last_batch: RolloutBatch | None = None
+    last_rollouts: RolloutBatch | None = None  # the latest step's batch, for the training video
     last_checkpoint: Path | None = None
     lock: RunLock | None = None  # rank 0 holds the run folder while the run is open
 
@@ -262,7 +263,7 @@ class Run:
                 lock.release()
             raise
         env, policy = parts["env"], parts["policy"]
-        tracker = Tracker(local.tracking, local_dir=run_dir / "mlruns", log=console.print)
+        tracker = Tracker(local.tracking, run_dir, log=console.print)
         collector: Collector | None = None
         try:
             if resume is None and config.train.sft.enabled and getattr(policy.options, "path", None) is None and context.is_main:
@@ -274,14 +275,14 @@ class Run:
                       console, RunResult(run_dir), lock=lock)
             if resume is not None:
                 run.restore(resume)
-            params = {**config.model_dump(mode="json"), "phase_names": learner.segmenter.phase_names}
-            tracker.start(params, run_id=resume.state.get("run_id") if resume else None)
+            tracker.start(resolved_params(config, components, learner.segmenter.phase_names),
+                          tags=environment_fingerprint(device), run_ids=tracker_ids(resume))
             run.result.run_id, run.result.tracking_uri = tracker.run_id, tracker.uri
             if context.is_main:
                 (run_dir / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
             run.hooks.pcm_on_run_start(config=config, run_dir=str(run_dir))
             if resume is None:
-                run.log(0, {"eval_success_rate": collector.evaluate()}, None)
+                run.log(0, {"eval_success_rate": run.evaluate(0)})
                 console.print(f"warm start eval success: {run.result.history[0]['eval_success_rate']:.2f}")
             return run
         except BaseException:
@@ -319,17 +320,33 @@ class Run:
         every = self.config.train.eval_every
         return step == self.config.train.steps or bool(every and step % every == 0)
 
+    def evaluate(self, step: int) -> float:
+        """The eval success rate; rank 0 writes the evaluation videos and, after an update, the
+        training video of this step's rollouts with PCM's kept chunks (``<run>/videos``) and logs
+        them to the tracker."""
+        evaluation = self.collector.evaluate()
+        settings = self.config.tracking
+        if self.context.is_main:
+            folder = self.result.run_dir / "videos"
+            paths = videos.eval_videos(evaluation.batch, evaluation.groups, step, folder, settings.eval_videos)
+            selected = self.learner.last_selection
+            if settings.train_videos and step > 0 and selected is not None and self.last_rollouts is not None:
+                paths.append(videos.training_video(self.last_rollouts, selected.phases, selected.selection.keep,
+                                                   self.learner.segmenter.phase_names, step, folder))
+            for path in filter(None, paths):
+                self.tracker.log_video(path, step)
+        return evaluation.success_rate
+
     def checkpoints_at(self, step: int) -> bool:
         """The last step, and every ``train.checkpoint_every`` steps."""
         every = self.config.train.checkpoint_every
         return step == self.config.train.steps or bool(every and step % every == 0)
 
-    def log(self, step: int, metrics: dict[str, float], batch: RolloutBatch | None) -> None:
+    def log(self, step: int, metrics: dict[str, float]) -> None:
         """To the tracker, the step hooks and the run's history."""
         self.tracker.log_metrics(metrics, step=step)
         if step > 0:
             self.hooks.pcm_on_step_end(step=step, metrics=metrics)
-            self.last_batch = batch
         self.result.history.append({"step": step, **metrics})
         self.step = step
 
@@ -356,7 +373,7 @@ class Run:
             {"rollout": self.collector.generator}, {"groups": self.collector.rng, **_env_rngs(self.env)}
         )
         tensors["rng"] = {**tensors["rng"], **rng_tensors}
-        state.update(history=self.result.history, run_id=self.tracker.run_id, rng=rng_meta)
+        state.update(history=self.result.history, run_id=self.tracker.run_id, tracker_ids=self.tracker.run_ids, rng=rng_meta)
         state["faults"]["env_restarts"] = getattr(self.env, "restarts", 0)
         return checkpoint.Checkpoint(step, tensors, state, self.config.model_dump(mode="json"))
 
@@ -406,7 +423,8 @@ class Run:
         """End of a finished run: the final policy and artifacts (rank 0), the run-end hook."""
         self.learner.parallel.release()
         if self.context.is_main:
-            _write_artifacts(self.result, self.policy, self.last_batch, self.tracker, self.learner.segmenter.phase_names)
+            _write_artifacts(self.result, self.policy, self.tracker, self.learner.segmenter.phase_names,
+                             self.config.tracking.log_policy)
         self.hooks.pcm_on_run_end(summary={"run_dir": str(self.result.run_dir), "history": self.result.history, "stopped": False})
         self.tracker.end()
         return self.result
@@ -435,15 +453,15 @@ def train(
             for step in range(run.step + 1, steps + 1):
                 timer = StepTimer()
                 with timer.section("rollout", run.device):
-                    batch = run.collector.step_batch()  # collect: the step's groups of episodes
+                    batch = run.last_rollouts = run.collector.step_batch()  # collect: the step's groups of episodes
                 metrics = run.learner.update(batch, timer)  # update: score phases, keep chunks, backprop them
                 metrics.update(run.collector.fault_metrics(batch))
                 metrics.update(run.collector.publish())  # the new weights to where the episodes run
                 metrics.update(timer.metrics())
                 metrics["time/step_s"] = sum(timer.seconds.values())
                 if run.evaluates_at(step):
-                    metrics["eval_success_rate"] = run.collector.evaluate()  # evaluate
-                run.log(step, metrics, batch)  # log
+                    metrics["eval_success_rate"] = run.evaluate(step)  # evaluate (and write its videos)
+                run.log(step, metrics)  # log
                 progress.update(metrics)
                 run.check_skips(step)
                 stopping = run.stop_requested(stop.signal)  # read once: a later signal waits for the next step
@@ -461,23 +479,36 @@ def train(
     return result
 
 
-def _write_artifacts(
-    result: RunResult, policy: PolicyBackend, batch: RolloutBatch | None, tracker: Tracker, phase_names: list[str]
-) -> None:
+def _write_artifacts(result: RunResult, policy: PolicyBackend, tracker: Tracker, phase_names: list[str], log_policy: bool) -> None:
     run_dir = result.run_dir
     policy.save(str(run_dir / "policy"))
     plot_keep_probabilities(result.history, run_dir / "keep_probabilities.png", phase_names)
     plot_success(result.history, run_dir / "success.png")
-    if batch is not None and "image" in batch.obs:
-        for label, wanted in (("success", 1.0), ("failure", 0.0)):
-            found = torch.nonzero(batch.rewards == wanted).squeeze(1)
-            if found.numel():
-                i = int(found[0])
-                write_gif(batch.obs["image"][i, : int(batch.lengths[i])], run_dir / f"rollout_{label}.gif")
-    for name in ("config.yaml", "keep_probabilities.png", "success.png", "rollout_success.gif", "rollout_failure.gif"):
+    for name in ("config.yaml", "keep_probabilities.png", "success.png"):
         if (run_dir / name).exists():
             tracker.log_artifact(run_dir / name)
-    tracker.log_artifact(run_dir / "policy", folder="policy")
+    if log_policy:
+        tracker.log_artifact(run_dir / "policy", folder="policy")
+
+
+def resolved_params(config: RunConfig, components: dict[str, ResolvedComponent], phase_names: list[str]) -> dict[str, Any]:
+    """The run's params for the tracker: the config with each component's options as validated
+    (defaults filled in), and the names of the phases."""
+    params = config.model_dump(mode="json")
+    for component in COMPONENT_KINDS:
+        section, key = component.options_key.split(".")
+        params[section][key] = components[component.name].options.model_dump(mode="json")
+    return {**params, "phase_names": phase_names}
+
+
+def tracker_ids(resume: checkpoint.Checkpoint | None) -> dict[str, str]:
+    """The tracker run ids a checkpoint holds (checkpoints from before several trackers held only MLflow's)."""
+    if resume is None:
+        return {}
+    saved = resume.state.get("tracker_ids")
+    if isinstance(saved, dict):
+        return {str(k): str(v) for k, v in saved.items()}
+    return {"mlflow": resume.state["run_id"]} if resume.state.get("run_id") else {}
 
 
 def _print_summary(console: Console, result: RunResult, tracker: Tracker) -> None:

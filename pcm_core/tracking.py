@@ -1,4 +1,9 @@
-"""MLflow tracking with a local store by default; mlflow is imported only when a run starts."""
+"""Tracking: one :class:`Tracker` per run fans out to the enabled backends (``tracking.backends``).
+
+MLflow is the default and lives here (a local store by default; mlflow is imported only when a
+run starts). TensorBoard and W&B come with the built-in ``pcm_trackers`` plugin; third-party
+packages add their own through the ``pcm_register_trackers`` hook.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,8 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
-from pcm_core.config import TrackingConfig
+from pcm_core.config import TrackingConfig, resolve_trackers
+from pcm_core.interfaces import Options, TrackerBackend
 
 DEFAULT_STORE = "mlruns"
 HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0.5", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
@@ -35,7 +41,72 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 class Tracker:
-    """Params, per-step metrics and artifacts of one run. Disabled trackers do nothing.
+    """Params, per-step metrics, artifacts and videos of one run, sent to every enabled backend.
+
+    A backend's first failure prints one warning and switches that backend off for the rest of
+    the run; the others go on. MLflow handles its own failures (see :class:`MLflowTracker`).
+    """
+
+    def __init__(self, config: TrackingConfig, run_dir: Path, log: Callable[[str], None] = print) -> None:
+        self.log = log
+        self.backends: dict[str, TrackerBackend] = {
+            resolved.name: resolved.build(settings=config, run_dir=run_dir, log=log) for resolved in resolve_trackers(config)
+        }
+
+    @property
+    def mlflow(self) -> "MLflowTracker | None":
+        return next((b for b in self.backends.values() if isinstance(b, MLflowTracker)), None)
+
+    @property
+    def run_id(self) -> str | None:
+        """The MLflow run id (None without MLflow)."""
+        return self.mlflow.run_id if self.mlflow else None
+
+    @property
+    def uri(self) -> str | None:
+        return self.mlflow.uri if self.mlflow else None
+
+    @property
+    def run_ids(self) -> dict[str, str]:
+        """Each started backend's run id by name, what a checkpoint keeps so a resume continues them."""
+        return {name: b.run_id for name, b in self.backends.items() if b.run_id is not None}
+
+    def _each(self, call: Callable[[str, TrackerBackend], Any]) -> None:
+        for name, backend in list(self.backends.items()):
+            try:
+                call(name, backend)
+            except Exception as exc:  # noqa: BLE001 - a tracker must never stop training
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+                self.log(f"warning: tracker {name} failed ({type(exc).__name__}: {first}); training goes on without it")
+                del self.backends[name]
+
+    def start(self, params: dict[str, Any], tags: dict[str, str] | None = None, run_ids: dict[str, str] | None = None) -> None:
+        """Open the run in every backend: ``params`` (nested; flattened to ``a.b`` keys), the
+        environment fingerprint ``tags``, and the ``run_ids`` of a resumed run."""
+        flat = {k: str(v)[:500] for k, v in flatten(params).items()}
+        self._each(lambda name, b: b.start(flat, dict(tags or {}), (run_ids or {}).get(name)))
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        self._each(lambda name, b: b.log_metrics(metrics, step))
+
+    def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
+        self._each(lambda name, b: b.log_artifact(Path(path), folder))
+
+    def log_video(self, path: Path, step: int) -> None:
+        self._each(lambda name, b: b.log_video(path, step))
+
+    def end(self, status: str = "FINISHED") -> None:
+        """Close every backend; never raises, so on a crash the training error is the one that
+        reaches the user. A second call does nothing."""
+        self._each(lambda name, b: b.end(status))
+        self.backends = {}
+
+    def ui_command(self) -> str | None:
+        return self.mlflow.ui_command() if self.mlflow else None
+
+
+class MLflowTracker(TrackerBackend):
+    """MLflow: params, tags, per-step metrics, artifacts and videos of one run.
 
     Training never waits on tracking: the first failing MLflow call prints one warning and turns
     the tracker offline; from then on metrics are only buffered. :meth:`end` tries once to send
@@ -43,23 +114,22 @@ class Tracker:
     a local SQLite MLflow store, ``<local_dir>/mlflow.db``.
     """
 
-    def __init__(self, config: TrackingConfig, local_dir: str | Path | None = None, log: Callable[[str], None] = print) -> None:
-        self.config = config
-        self.local_dir = Path(local_dir) if local_dir is not None else None
-        self.log = log
+    def __init__(self, options: Options, settings: TrackingConfig, run_dir: Path | None, log: Callable[[str], None] = print) -> None:
+        super().__init__(options, settings, run_dir, log)
+        self.config = settings
+        self.local_dir = run_dir / "mlruns" if run_dir is not None else None
         self.run_id: str | None = None
         self.uri: str | None = None
         self.offline = False
         self._mlflow: Any = None
         self._client: Any = None
         self._params: dict[str, str] = {}
+        self._tags: dict[str, str] = {}
         self._logged: list[tuple[dict[str, float], int]] = []  # every metric row, for the local store
         self._pending: list[tuple[dict[str, float], int]] = []  # rows the server has not received
 
-    def start(self, params: dict[str, Any], run_id: str | None = None) -> None:
-        """Start a new MLflow run, or continue ``run_id`` (params are then not logged again)."""
-        if not self.config.enabled:
-            return
+    def start(self, params: dict[str, str], tags: dict[str, str], resume_id: str | None) -> None:
+        """Start a new MLflow run, or continue ``resume_id`` (params are then not logged again)."""
         import logging
 
         import mlflow
@@ -69,13 +139,13 @@ class Tracker:
         for name, value in HTTP_DEFAULTS.items():
             os.environ.setdefault(name, value)
         self._mlflow = mlflow
-        self._params = {k: str(v)[:500] for k, v in flatten(params).items()}
-        self.uri = self.config.uri or default_tracking_uri()
-        self.run_id = run_id
+        self._params, self._tags = params, {f"pcm.{k}": v[:5000] for k, v in tags.items()}
+        self.run_id = resume_id
         try:
+            self.uri = self.config.uri or default_tracking_uri()  # may create ./mlruns: inside the guarded block
             self._client = mlflow.tracking.MlflowClient(tracking_uri=self.uri)
-            if run_id is not None:
-                self._client.update_run(run_id, status="RUNNING")
+            if resume_id is not None:
+                self._client.update_run(resume_id, status="RUNNING")
                 return
             experiment = self._client.get_experiment_by_name(self.config.experiment)
             if experiment is None:
@@ -85,7 +155,7 @@ class Tracker:
                 experiment_id = self._client.create_experiment(self.config.experiment, artifact_location=artifacts)
             else:
                 experiment_id = experiment.experiment_id
-            run = self._client.create_run(experiment_id, run_name=self.config.run_name)
+            run = self._client.create_run(experiment_id, run_name=self.config.run_name, tags=self._tags)
             self.run_id = run.info.run_id
             params = [mlflow.entities.Param(k, v) for k, v in self._params.items()]
             for first in range(0, len(params), 100):
@@ -116,7 +186,7 @@ class Tracker:
             self._pending.append(row)
             self._go_offline(exc)
 
-    def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
+    def log_artifact(self, path: Path, folder: str | None = None) -> None:
         if self._mlflow is None or self.offline:
             return
         try:
@@ -167,7 +237,7 @@ class Tracker:
         experiment_id = experiment.experiment_id if experiment is not None else client.create_experiment(
             self.config.experiment, artifact_location=(self.local_dir / "artifacts").resolve().as_uri()
         )
-        tags = {"pcm.unreachable_tracking_uri": str(self.uri)}
+        tags = {**self._tags, "pcm.unreachable_tracking_uri": str(self.uri)}
         if self.run_id:
             tags["pcm.original_run_id"] = self.run_id
         run = client.create_run(experiment_id, run_name=self.config.run_name, tags=tags)

@@ -26,6 +26,7 @@ BUILTINS = {
     "segmenter": ("phase segmenters", ["gripper", "progress", "env"]),
     "proxy": ("variance proxies", ["success_failure", "uniform", "entropy"]),
     "sampler": ("budget samplers", ["pcm", "uniform", "all", "topk"]),
+    "tracker": ("trackers", ["mlflow", "tensorboard", "wandb"]),
 }
 
 
@@ -69,6 +70,8 @@ def test_plugins_shows_options_with_defaults(monkeypatch, capsys):
     assert "num_phases: int = 4" in _rows(sections["phase segmenters"])["gripper"]
     # a Literal option shows its values, as docs/configuration.md does
     assert 'gripper: "raw" | "libero" = \'raw\'' in sections["policies"]
+    # an env that names its phase labels lists them
+    assert "phase labels: 0 approach, 1 align + grasp" in sections["envs"]
 
 
 def test_plugins_lists_known_missing_backends(monkeypatch, capsys):
@@ -229,8 +232,12 @@ def test_every_kind_has_its_hookspec_and_config_keys():
     from pcm_core.config import RunConfig, config_value
 
     config = RunConfig()
-    assert list(KINDS) == ["env", "policy", "segmenter", "proxy", "sampler"]
+    assert list(KINDS) == ["env", "policy", "segmenter", "proxy", "sampler", "tracker"]
     for kind in KINDS.values():
         assert callable(getattr(hookspecs, kind.hook))
-        assert isinstance(config_value(config, kind.key), str) and isinstance(config_value(config, kind.options_key), dict)
+        name, options = config_value(config, kind.key), config_value(config, kind.options_key)
+        if kind.name == "tracker":  # a run names a list of trackers, options by tracker name
+            assert name == ["mlflow"] and options == {}
+        else:
+            assert isinstance(name, str) and isinstance(options, dict)
     assert KINDS["proxy"].plural == "variance proxies"  # one name for people, in the CLI and in errors

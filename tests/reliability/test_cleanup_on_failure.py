@@ -21,7 +21,7 @@ from pcm_core.checkpoint import Checkpoint
 from pcm_core.cli import main
 from pcm_core.config import ResolvedComponent, RunConfig, TrackingConfig
 from pcm_core.registry import get_registry
-from pcm_core.tracking import Tracker
+from pcm_core.tracking import MLflowTracker
 from pcm_tabletop.env import TabletopEnv, TabletopOptions
 
 # --- checkpoint pruning --------------------------------------------------------------------------
@@ -132,7 +132,7 @@ def test_signal_stop_calls_pcm_on_run_end(tmp_path, tiny_args):
 
 def test_failing_local_store_at_the_end_only_warns(tmp_path, monkeypatch):
     logged: list[str] = []
-    tracker = Tracker(TrackingConfig(), local_dir=tmp_path, log=logged.append)
+    tracker = MLflowTracker(MLflowTracker.Options(), TrackingConfig(), tmp_path, log=logged.append)
     tracker._mlflow, tracker.offline = object(), True  # a started run whose server is gone
 
     def broken_store(status: str) -> None:

@@ -1,0 +1,1 @@
+"""Built-in trackers: MLflow (the default), TensorBoard and Weights & Biases."""
