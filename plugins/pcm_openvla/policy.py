@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
 
 from pcm_core.categorical import sample_tokens
@@ -49,13 +49,17 @@ def libero_gripper_label(command: Tensor) -> Tensor:
 
 
 class LoraOptions(BaseModel):
-    """LoRA adapters (peft); the exported checkpoint has them merged into the base weights."""
+    """LoRA adapters (peft); exported merged into the base weights, as the adapter alone, or both."""
 
     model_config = ConfigDict(extra="forbid")
     rank: int = Field(32, gt=0, description="adapter rank r (OpenVLA fine-tuning: 32)")
     alpha: int = Field(16, gt=0, description="lora_alpha (OpenVLA fine-tuning: min(r, 16))")
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     target_modules: list[str] | str = Field("all-linear", description="peft target modules; all-linear skips lm_head")
+    export: Literal["merged", "adapter", "both"] = Field(
+        "merged", description="save(): merged weights (the published layout), the adapter alone in peft's layout "
+        "(adapter_config.json + adapter_model.safetensors, ~1% of the model), or both (the adapter in <folder>/adapter)"
+    )
 
 
 class OpenVLAOptions(Options):
@@ -75,6 +79,10 @@ class OpenVLAOptions(Options):
         "raw", description="libero: the published LIBERO evaluation's gripper command, -sign(2 g - 1) (+1 closes)"
     )
     lora: LoraOptions | None = Field(None, description="LoRA adapters; None trains every parameter")
+    adapter: str | None = Field(
+        None, description="peft LoRA adapter folder applied on top of `path` (a run exported with lora.export=adapter); "
+        "its rank, alpha and targets replace lora's, training goes on in the adapter"
+    )
     gradient_checkpointing: bool = Field(False, description="recompute activations of Llama and ViT blocks")
     weights_dtype: Literal["float32", "bfloat16"] = Field("float32", description="dtype the weights are held in")
     init_device: str = Field("cpu", description="device the model is built on (cuda builds a 7B model fast)")
@@ -104,6 +112,12 @@ class OpenVLAOFTOptions(OpenVLAOptions):
         "tokens", description="tokens: discrete action tokens (RL); l1: the checkpoint's L1 regression head (eval only)"
     )
     train_proprio_projector: bool = Field(False, description="train the proprio projector fully (even with LoRA)")
+
+    @model_validator(mode="after")
+    def _adapter_export_keeps_what_was_trained(self) -> "OpenVLAOFTOptions":
+        if self.train_proprio_projector and self.lora is not None and self.lora.export == "adapter":
+            raise ValueError("lora.export=adapter leaves out the trained proprio projector: use lora.export=both")
+        return self
 
 
 class OpenVLAModule(nn.Module):
@@ -143,14 +157,16 @@ class OpenVLAPolicy(PolicyBackend):
                 language_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             for featurizer in vla.vision_backbone.featurizers:
                 featurizer.gradient_checkpointing = True
-        if options.lora is not None:
-            from pcm_openvla.lora import apply_lora
+        self.lora = self._lora_settings(options)
+        if self.lora is not None:
+            from pcm_openvla.lora import apply_lora, load_adapter
 
-            lora = options.lora
-            vla = apply_lora(vla, lora.rank, lora.alpha, lora.dropout, lora.target_modules)
+            vla = apply_lora(vla, self.lora.rank, self.lora.alpha, self.lora.dropout, self.lora.target_modules)
+            if options.adapter is not None:
+                load_adapter(vla, Path(options.adapter))
         self.model = OpenVLAModule(vla, *self._extra_modules(loaded))
         self.model.to(getattr(torch, options.weights_dtype)).eval()
-        if options.lora is not None:  # adapters (and a trained proprio projector) keep float32 for AdamW
+        if self.lora is not None:  # adapters (and a trained proprio projector) keep float32 for AdamW
             for parameter in self.model.parameters():
                 if parameter.requires_grad:
                     parameter.data = parameter.data.float()
@@ -158,6 +174,18 @@ class OpenVLAPolicy(PolicyBackend):
         self._prompt_cache: dict[str, list[int]] = {}
 
     # --- construction helpers -------------------------------------------------------------
+
+    @staticmethod
+    def _lora_settings(options: OpenVLAOptions) -> LoraOptions | None:
+        """``options.lora``, or with ``options.adapter`` the adapter's own rank, alpha and targets."""
+        if options.adapter is None:
+            return options.lora
+        from pcm_openvla.lora import read_adapter_config
+
+        saved = read_adapter_config(Path(options.adapter))
+        export = options.lora.export if options.lora is not None else "merged"
+        return LoraOptions(rank=saved["r"], alpha=saved["lora_alpha"], dropout=saved.get("lora_dropout", 0.0),
+                           target_modules=saved["target_modules"], export=export)
     def _extra_modules(self, loaded: Any) -> tuple[nn.Module | None, nn.Module | None]:
         return None, None
 
@@ -327,11 +355,19 @@ class OpenVLAPolicy(PolicyBackend):
         return self.tokens.to_ids(self.env_actions_to_values(actions)).reshape(actions.shape[0], -1)
 
     def save(self, path: str) -> None:
-        """The published layout: config.json, safetensors (+ index), tokenizer, dataset_statistics.json."""
+        """The published layout: config.json, safetensors (+ index), tokenizer, dataset_statistics.json;
+        with LoRA, ``lora.export`` chooses merged weights, the adapter alone (peft's layout) or both."""
         from pcm_openvla import checkpoint
 
         folder = checkpoint.prepare_folder(path)
-        if self.options.lora is not None:
+        if self.lora is not None and self.lora.export != "merged":
+            from pcm_openvla.lora import save_adapter
+
+            where = folder if self.lora.export == "adapter" else folder / "adapter"
+            save_adapter(self.vla, where, self.lora.rank, self.lora.alpha, self.lora.dropout, self.options.path)
+            if self.lora.export == "adapter":
+                return
+        if self.lora is not None:
             from pcm_openvla.lora import merged_state_dict
 
             state = merged_state_dict(self.vla)
@@ -361,7 +397,7 @@ class OpenVLAOFTPolicy(OpenVLAPolicy):
         options: OpenVLAOFTOptions = self.options
         projector = build.proprio_projector(loaded, options) if options.proprio_key else None
         if projector is not None:
-            projector.requires_grad_(options.train_proprio_projector or options.lora is None)
+            projector.requires_grad_(options.train_proprio_projector or self.lora is None)
         head = build.l1_head(loaded, options) if options.action_head == "l1" else None
         if head is not None:
             head.requires_grad_(False)

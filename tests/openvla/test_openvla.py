@@ -364,6 +364,51 @@ def test_lora_is_merged_on_export(tiny_folder, obs, tmp_path):
     torch.testing.assert_close(merged, logits, rtol=0, atol=1e-4)
 
 
+def test_lora_adapter_export_on_its_base_gives_the_merged_model(tiny_folder, obs, tmp_path):
+    import json
+
+    from safetensors import safe_open
+
+    policy = oft(tiny_folder, lora={"rank": 4, "alpha": 8, "export": "both"})
+    with torch.no_grad():  # adapters that change the function (lora_B starts at zero)
+        for name, parameter in policy.module.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.05)
+    trained, _ = policy.parallel_pass(obs, INSTRUCTIONS)
+    policy.save(str(tmp_path / "out"))
+    adapter = tmp_path / "out" / "adapter"
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert (config["peft_type"], config["r"], config["lora_alpha"], config["base_model_name_or_path"]) == ("LORA", 4, 8, tiny_folder)
+    with safe_open(str(adapter / "adapter_model.safetensors"), "pt") as saved:
+        keys = set(saved.keys())
+    lora_weights = {n for n, p in policy.module.named_parameters() if p.requires_grad}
+    assert len(keys) == len(lora_weights) and all(k.startswith("base_model.model.") and ".default." not in k for k in keys)
+
+    merged, _ = oft(str(tmp_path / "out")).parallel_pass(obs, INSTRUCTIONS)
+    adapted = oft(tiny_folder, adapter=str(adapter))
+    based, _ = adapted.parallel_pass(obs, INSTRUCTIONS)
+    torch.testing.assert_close(based, merged, rtol=0, atol=1e-5)
+    torch.testing.assert_close(based, trained, rtol=0, atol=1e-5)
+    assert {n for n, p in adapted.module.named_parameters() if p.requires_grad} == lora_weights  # training goes on in it
+
+
+def test_adapter_only_export_is_small_and_a_wrong_base_is_an_error(tiny_folder, tmp_path):
+    from pcm_core.errors import ConfigError
+
+    policy = oft(tiny_folder, lora={"rank": 4, "alpha": 8, "export": "adapter"})
+    policy.save(str(tmp_path / "adapter"))
+    assert sorted(p.name for p in (tmp_path / "adapter").iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+    from safetensors.torch import load_file, save_file
+
+    weights = tmp_path / "adapter" / "adapter_model.safetensors"
+    saved = load_file(str(weights))
+    save_file(dict(sorted(saved.items())[1:]), str(weights))  # one adapter weight short: trained on another model
+    with pytest.raises(ConfigError, match="1 adapter weights missing"):
+        oft(tiny_folder, adapter=str(tmp_path / "adapter"))
+    with pytest.raises(ConfigError, match="not a peft adapter folder"):
+        oft(tiny_folder, adapter=str(tmp_path))
+
+
 def test_gradient_checkpointing_gives_the_same_gradients(tiny_folder, obs):
     grads = []
     for flag in (False, True):
