@@ -93,7 +93,10 @@ class SFTConfig(Section):
         description="probability that an executed expert action has its gripper command inverted (labels stay clean), "
         "so demos show recovery from a wrong open or close",
     )
-    epochs: int = Field(10, gt=0)
+    epochs: int = Field(
+        20, gt=0, description="passes over the demonstrations (tabletop: 20 give warm starts of 0.26-0.32 eval success "
+        "over SFT seeds 5-7, 10 gave 0.005-0.08)"
+    )
     lr: float = Field(1e-3, gt=0.0)
     batch_size: int = Field(32, gt=0)
     seed: int | None = Field(
