@@ -43,7 +43,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from pcm_core.errors import PcmError
+from pcm_core.errors import WRITE_FIX, OutputError, PcmError, reason
 
 FORMAT = 1
 CHECKPOINTS = "checkpoints"
@@ -124,12 +124,26 @@ def save(run_dir: str | Path, checkpoint: Checkpoint, keep: int = 3) -> Path:
     """Write ``checkpoint`` as ``<run_dir>/checkpoints/step_<step>``, point ``latest`` at it and
     prune older checkpoints (see :func:`_prune`). Returns the checkpoint folder."""
     root = Path(run_dir) / CHECKPOINTS
-    root.mkdir(parents=True, exist_ok=True)
-    _remove_leftovers(root)
     name = f"step_{checkpoint.step:06d}"
-    final = root / name
     temp = root / f".tmp-{name}-{uuid.uuid4().hex[:8]}"
-    temp.mkdir()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        _remove_leftovers(root)
+        temp.mkdir()
+        return _write(root, temp, name, checkpoint, keep)
+    except (OSError, SafetensorError) as exc:  # a full, read-only or vanished folder: the last checkpoint stays
+        shutil.rmtree(temp, ignore_errors=True)
+        latest = root / LATEST
+        kept = f"'{root / latest.read_text().strip()}' is intact" if latest.is_file() else "no earlier checkpoint exists"
+        raise OutputError(
+            f"cannot write checkpoint {name} in '{root}': {reason(exc)}; {kept}.\n"
+            f"{WRITE_FIX}, then: pcm-run --resume {Path(run_dir)}"
+        ) from None
+
+
+def _write(root: Path, temp: Path, name: str, checkpoint: Checkpoint, keep: int) -> Path:
+    """The files of :func:`save` into ``temp``, then the atomic switch to ``root/name``."""
+    final = root / name
     files: dict[str, dict[str, Any]] = {}
     for stem, tensors in checkpoint.tensors.items():
         save_file(_plain(tensors), str(temp / f"{stem}.safetensors"), metadata={"format": str(FORMAT)})

@@ -5,6 +5,7 @@ Every user error ends with exit code 2 and at most two lines on stderr (problem,
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from pathlib import Path
@@ -18,6 +19,10 @@ from rich.table import Table
 
 from pcm_core.config import render_type
 from pcm_core.errors import PcmError
+
+FILE_SYSTEM_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOENT, errno.ENOTDIR, errno.EISDIR,
+                      errno.EDQUOT, errno.ENAMETOOLONG}
+"""OSErrors that mean "this path cannot be written": two lines for the user instead of a traceback."""
 
 app = typer.Typer(
     add_completion=False,
@@ -148,6 +153,15 @@ def main(argv: list[str] | None = None) -> Any:
         for line in str(exc).splitlines()[:2]:
             err.print(f"pcm-run: {line}" if not line.startswith("Fix:") else line, markup=False)
         sys.exit(exc.exit_code)
+    except OSError as exc:  # a folder the run writes to (artifacts, videos, the policy) is missing, read-only or full
+        if exc.errno not in FILE_SYSTEM_ERRNOS:
+            raise
+        from pcm_core.errors import WRITE_FIX
+
+        where = f" '{exc.filename}'" if exc.filename else ""
+        err.print(f"pcm-run: cannot write{where}: {exc.strerror}", markup=False)
+        err.print(WRITE_FIX, markup=False)
+        sys.exit(2)
     except Exception as exc:
         # click's usage errors (typer vendors its own click, so match by behaviour)
         if type(exc).__name__ == "Abort":

@@ -26,7 +26,7 @@ from pcm_core import checkpoint, distributed, videos
 from pcm_core.collectors import EVAL_INIT_OFFSET, Collector
 from pcm_core.communicator import Communicator, Context
 from pcm_core.config import ResolvedComponent, RunConfig, short_repr
-from pcm_core.errors import ConfigError, PcmError
+from pcm_core.errors import WRITE_FIX, ConfigError, OutputError, PcmError, reason
 from pcm_core.fingerprint import environment_fingerprint
 from pcm_core.interfaces import COMPONENT_KINDS, EnvBackend, PhaseSegmenter, PolicyBackend
 from pcm_core.learner import Learner
@@ -148,16 +148,20 @@ class TrainingStopped(PcmError):
 
 def _new_run_dir(output_dir: Path) -> Path:
     """A fresh ``<output_dir>/<timestamp>`` folder (``-2``, ``-3``... when runs start in the same second)."""
-    output_dir.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    for n in range(1, 1000):
-        run_dir = output_dir / (stamp if n == 1 else f"{stamp}-{n}")
-        try:
-            run_dir.mkdir()
-            return run_dir
-        except FileExistsError:
-            continue
-    raise RuntimeError(f"cannot create a run folder under {output_dir}")
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        for n in range(1, 1000):
+            run_dir = output_dir / (stamp if n == 1 else f"{stamp}-{n}")
+            try:
+                run_dir.mkdir()
+                (run_dir / "config.yaml").touch()  # a folder that takes no file is found now, not at the first checkpoint
+                return run_dir
+            except FileExistsError:
+                continue
+    except OSError as exc:
+        raise OutputError(f"cannot create a run folder in '{output_dir}': {reason(exc)}.\n{WRITE_FIX}") from None
+    raise OutputError(f"cannot create a run folder in '{output_dir}': 999 runs started this second.\n{WRITE_FIX}")
 
 
 def _env_rngs(env: EnvBackend) -> dict[str, np.random.Generator]:
