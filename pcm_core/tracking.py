@@ -7,9 +7,11 @@ packages add their own through the ``pcm_register_trackers`` hook.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from pcm_core.config import TrackingConfig, resolve_trackers
 from pcm_core.interfaces import Options, TrackerBackend
@@ -38,6 +40,23 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[name] = value
     return flat
+
+
+@contextlib.contextmanager
+def sqlite_first_use(uri: str) -> Iterator[None]:
+    """For a ``sqlite:///`` store, an exclusive ``flock`` on ``<db>.lock`` while it is opened: two
+    runs starting together on a new store would otherwise both create its schema, and one fail."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    database = Path(uri[len("sqlite:///") :])
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with open(database.with_name(database.name + ".lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 class Tracker:
@@ -143,7 +162,9 @@ class MLflowTracker(TrackerBackend):
         self.run_id = resume_id
         try:
             self.uri = self.config.uri or default_tracking_uri()  # may create ./mlruns: inside the guarded block
-            self._client = mlflow.tracking.MlflowClient(tracking_uri=self.uri)
+            with sqlite_first_use(self.uri):
+                self._client = mlflow.tracking.MlflowClient(tracking_uri=self.uri)
+                self._client.search_experiments(max_results=1)  # creates the schema of a new store
             if resume_id is not None:
                 self._client.update_run(resume_id, status="RUNNING")
                 return
