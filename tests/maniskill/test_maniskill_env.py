@@ -101,9 +101,12 @@ class ScriptedPolicy(PolicyBackend):
         return 7
 
     def act(self, obs, instructions, generator=None, greedy=False):
-        actions = torch.as_tensor(self.env.expert_actions())  # [B, 7]
+        actions = torch.as_tensor(self.env.expert_actions())  # [B, 7], every env
         actions[1:] = torch.tensor([0, 0, 0, 0, 0, 0, -1.0])
-        batch = actions.shape[0]
+        # the rollout asks only about envs still running; only env 0 ends early (solved), so a
+        # shorter batch is envs 1.. (they hold still to the time limit)
+        batch = len(instructions)
+        actions = actions[actions.shape[0] - batch :]
         return PolicyOutput(
             actions=actions[:, None], tokens=torch.zeros(batch, 7, dtype=torch.long),
             logprobs=torch.zeros(batch, 7), entropy=torch.zeros(batch),
