@@ -26,6 +26,13 @@ def spatial():
     env.close()
 
 
+def test_the_libero_extra_installs_the_pinned_mujoco():
+    """The published LIBERO numbers were rendered with MuJoCo 3.3.2; newer versions render darker."""
+    import importlib.metadata
+
+    assert importlib.metadata.version("mujoco") == "3.3.2"
+
+
 @pytest.mark.parametrize("suite", list(MAX_STEPS))
 def test_first_task_of_each_suite_builds_and_steps(suite):
     from libero.libero import benchmark
