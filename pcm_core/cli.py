@@ -94,6 +94,44 @@ def run(
     train(resolved_config, components, console=out, resume=saved)
 
 
+@app.command("eval")
+def eval_command(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML run config (overrides the defaults)."),
+    env: Optional[str] = typer.Option(None, "--env", help="Environment backend, e.g. tabletop, libero."),
+    policy: Optional[str] = typer.Option(None, "--policy", help="Policy backend, e.g. tinyvla, openvla-oft."),
+    overrides: list[str] = typer.Option([], "--set", help="Override a config key, e.g. --set evaluation.tasks=[0,1] (repeatable)."),
+    resume: Optional[str] = typer.Option(
+        None, "--resume", help="Evaluate a run's checkpoint: 'latest', a run folder or a checkpoint (its saved config is used)."
+    ),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Validate everything and print the episodes it would run."),
+) -> None:
+    """Evaluate a policy: every task x evaluation.episodes_per_task initial states (LIBERO: the
+    published 50 per task), greedy; per-task success with Wilson 95% intervals in eval.md and
+    eval.json, MP4s per task, the environment fingerprint, and the trackers."""
+    from pcm_core.config import load_config, resolve_components, resolve_trackers
+
+    resolved_config = load_config(config, overrides, env=env, policy=policy)
+    saved = None
+    if resume is not None:
+        from pcm_core import checkpoint
+
+        saved = checkpoint.load(checkpoint.locate(resume, resolved_config.train.output_dir))
+        assert saved.path is not None
+        resolved_config = load_config(saved.path / checkpoint.CONFIG, overrides, env=env, policy=policy)
+    components = resolve_components(resolved_config)
+    resolve_trackers(resolved_config.tracking)
+    settings = resolved_config.evaluation
+    if dry_run:
+        tasks = "every task" if settings.tasks is None else f"tasks {settings.tasks}"
+        out.print(f"eval valid: {tasks} x {settings.episodes_per_task} episodes, "
+                  f"{'greedy' if settings.greedy else 'sampled'}, env={resolved_config.env.name}, "
+                  f"policy={resolved_config.policy.name}", markup=False, highlight=False, soft_wrap=True)
+        return
+    from pcm_core.evaluation import evaluate_command
+
+    evaluate_command(resolved_config, components, out, resume=saved)
+
+
 def _describe_options(options: type[BaseModel]) -> str:
     lines = []
     for name, field in options.model_fields.items():

@@ -201,6 +201,16 @@ class TrackingConfig(Section):
         return self
 
 
+class EvaluationConfig(Section):
+    """``pcm-run eval``: every task of the env x ``episodes_per_task`` initial states (LIBERO: its
+    50 fixed initial states per task, the published protocol)."""
+
+    tasks: list[int] | None = Field(None, description="task indices to evaluate; None: every task of the env")
+    episodes_per_task: int = Field(50, gt=0, description="episodes per task; episode k starts from initial state k")
+    greedy: bool = Field(True, description="the mode of each action-token distribution (published evaluations); false samples")
+    videos_per_task: int = Field(1, ge=0, le=50, description="MP4s of the first episodes of each task, named by task, state and outcome")
+
+
 class DistributedConfig(Section):
     strategy: Literal["ddp", "fsdp"] = Field(
         "ddp", description="learner data parallelism under torchrun: ddp (replicated weights) or fsdp (FSDP2 fully_shard)"
@@ -221,6 +231,7 @@ class RunConfig(Section):
     pcm: PCMConfig = Field(default_factory=PCMConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
 
     @model_validator(mode="after")
