@@ -119,10 +119,14 @@ def action_tokenizer(config: PrismaticConfig) -> ActionTokenizer:
 
 
 def dataset_stats(config: PrismaticConfig, unnorm_key: str | None) -> dict | None:
-    """``norm_stats[unnorm_key]`` (the only dataset when the key is None), or None if undecidable."""
+    """``norm_stats[unnorm_key]`` (the only dataset when the key is None), or None if undecidable.
+    A key missing as given falls back to ``<key>_no_noops``, as the published LIBERO evaluation
+    does (its fine-tunes were trained on the no-noop versions of the suites)."""
     stats = config.norm_stats
     if unnorm_key is None:
         return next(iter(stats.values())) if len(stats) == 1 else None
+    if unnorm_key not in stats and f"{unnorm_key}_no_noops" in stats:
+        unnorm_key = f"{unnorm_key}_no_noops"
     if unnorm_key not in stats:
         shown = ", ".join(sorted(stats)[:8]) + (", ..." if len(stats) > 8 else "")
         raise CheckpointFolderError(

@@ -533,3 +533,16 @@ def test_proprio_statistics_of_another_width_are_not_applied(tiny_folder, obs):
     projector = policy.model.proprio_projector
     padded = torch.nn.functional.pad(five["proprio"], (0, projector.proprio_dim - 5))
     torch.testing.assert_close(token[:, 0], projector(padded))
+
+
+def test_unnorm_key_falls_back_to_the_no_noops_statistics():
+    """As the published LIBERO evaluation: `libero_spatial` finds `libero_spatial_no_noops`."""
+    from types import SimpleNamespace
+
+    from pcm_openvla.build import dataset_stats
+
+    config = SimpleNamespace(norm_stats={"libero_spatial_no_noops": {"action": "spatial"}, "bridge": {"action": "b"}})
+    assert dataset_stats(config, "libero_spatial") == {"action": "spatial"}
+    assert dataset_stats(config, "bridge") == {"action": "b"}
+    with pytest.raises(Exception, match="unnorm_key 'libero_goal' is not in"):
+        dataset_stats(config, "libero_goal")
