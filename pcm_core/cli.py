@@ -60,6 +60,7 @@ def run(
         return
     from pcm_core.config import load_config, resolve_components, resolve_trackers
     from pcm_core.distributed import check_ranks
+    from pcm_core.memory import check_memory
     from pcm_core.ray_rollouts import require_ray
 
     if rollout_workers is not None:
@@ -75,6 +76,7 @@ def run(
         resolved_config = load_config(saved.path / checkpoint.CONFIG, overrides, env=env, policy=policy)
     components = resolve_components(resolved_config)
     resolve_trackers(resolved_config.tracking)
+    check_memory(resolved_config, components)
     check_ranks(resolved_config, nproc if nproc > 1 else int(os.environ.get("WORLD_SIZE", "1")))
     require_ray(resolved_config.distributed.rollout_workers)  # here, not after the warm start
     if dry_run:

@@ -72,6 +72,12 @@ class EnvBackend(Component):
     phase_names: ClassVar[tuple[str, ...] | None] = None
     """Names of the phase labels the env reports in ``info["phase"]`` (0, 1, ...), if it reports them."""
 
+    @classmethod
+    def observation_bytes(cls, options: Options) -> int | None:
+        """About how many bytes one observation of one env takes with ``options`` (the memory check
+        of a step's rollout batch, :mod:`pcm_core.memory`); None: unknown, not checked."""
+        return None
+
     def __init__(self, options: Options, num_envs: int, seed: int = 0) -> None:
         super().__init__(options)
         self.num_envs = num_envs
@@ -144,6 +150,12 @@ class PolicyBackend(Component):
     ``module`` holds every trainable parameter. ``act`` samples a chunk per observation;
     ``log_probs`` re-scores given tokens with gradients, which is all the learner needs.
     """
+
+    @classmethod
+    def parameter_count(cls, options: Options) -> int | None:
+        """About how many parameters the policy ``options`` build has (the memory check of
+        :mod:`pcm_core.memory`: weights, gradients and Adam's two moments); None: unknown."""
+        return None
 
     def __init__(self, options: Options, action_spec: ActionSpec | None = None) -> None:
         super().__init__(options)

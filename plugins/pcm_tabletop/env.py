@@ -199,6 +199,11 @@ class TabletopEnv(EnvBackend):
         self.rng = np.random.default_rng(seed)
         self._started = False
 
+    @classmethod
+    def observation_bytes(cls, options: TabletopOptions) -> int:
+        """The uint8 camera image and the float32 proprio and state vectors (a generous 64 numbers)."""
+        return options.image_size**2 * 3 + 64 * 4
+
     @property
     def num_tasks(self) -> int:
         return len(self.variants)

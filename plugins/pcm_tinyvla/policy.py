@@ -114,6 +114,15 @@ class TinyVLAPolicy(PolicyBackend):
 
     Options = TinyVLAOptions
 
+    @classmethod
+    def parameter_count(cls, options: TinyVLAOptions) -> int | None:
+        """Decoder layers (attention 4 h^2, SwiGLU 3 h i) plus embeddings and heads (about 2000 h);
+        None for a loaded model (its saved config decides)."""
+        if options.path is not None:
+            return None
+        h, i = options.hidden_size, options.intermediate_size
+        return options.num_layers * (4 * h * h + 3 * h * i) + 2000 * h
+
     def __init__(self, options: TinyVLAOptions, action_spec: ActionSpec | None = None) -> None:
         super().__init__(options, action_spec)
         from pcm_tinyvla.modeling import InstructionPrefixCache, TinyVLAForActionPrediction
