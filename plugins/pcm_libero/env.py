@@ -3,11 +3,15 @@
 Every convention below is taken from the published evaluation scripts (see docs/libero.md):
 
 - initial states: the suite's fixed init-state file of the task (50 states); initial-state id
-  ``s`` of :meth:`LiberoEnv.reset` selects state ``s mod 50``. Each episode calls
-  ``env.seed(sim_seed)`` (0, as published), ``env.reset()`` and ``env.set_init_state(state)``.
-  The seed matters: LIBERO places fixtures (which the init state does not hold) from it. It is an
-  option, not the backend's ``seed`` argument, so that every member of a group starts from the
-  same scene whichever worker process runs it; nothing else in an episode is random;
+  ``s`` of :meth:`LiberoEnv.reset` selects state ``k = s mod 50``, and runs as episode ``k`` of
+  the published loop, which seeds a task's env once (``env.seed(sim_seed)``, 0) and then calls
+  ``env.reset()`` and ``env.set_init_state(state)`` for episodes 0, 1, ... in turn: LIBERO places
+  fixtures (which the init state does not hold) from numpy's global generator, so episode ``k``'s
+  layout is the one after ``k`` earlier resets. Here the generator's state before each episode's
+  reset is kept per task (earlier resets are replayed once when an episode comes first), so episode
+  ``k`` of task ``t`` gets the published layout and is the same whichever worker process runs it and
+  in whatever order. ``sim_seed`` is an option, not the backend's ``seed`` argument, so that every
+  member of a group starts from the same scene; nothing else in an episode is random;
 - ``settle_steps`` (10) dummy actions ``[0, 0, 0, 0, 0, 0, -1]`` after the reset let the objects
   drop; they do not count against the episode limit and a success during them is ignored;
 - episode limit: the suite's published ``max_steps`` policy actions (220 / 280 / 300 / 520 / 400);
@@ -127,6 +131,7 @@ class LiberoEnv(EnvBackend):
         self._slots = [_Slot() for _ in range(num_envs)]
         self._suite: Any = None
         self._init_states: dict[int, np.ndarray] = {}
+        self._reset_rng: dict[int, list[tuple]] = {}  # suite task -> numpy states before the resets of episodes 0, 1, ...
 
     @property
     def num_tasks(self) -> int:
@@ -204,14 +209,28 @@ class LiberoEnv(EnvBackend):
         self._assign([self.suite_task(t) for t in task_ids])
         for slot, task_id, init in zip(self._slots, task_ids, init_states):
             states = self.init_states(task_id)
-            self._start(slot, states[init % len(states)])
+            self._start(slot, states[init % len(states)], init % len(states))
         return self._stack_obs(), [self.instruction(t) for t in task_ids]
 
-    def _start(self, slot: _Slot, state: np.ndarray) -> None:
+    def _reset_rng_state(self, slot: _Slot, episode: int) -> tuple:
+        """numpy's global state before the reset of ``episode`` of ``slot``'s task in the published
+        loop (seeded once, then one reset per episode); earlier resets not seen yet are replayed."""
+        chain = self._reset_rng.setdefault(slot.task, [])
+        if not chain:
+            slot.env.seed(self.options.sim_seed)
+            chain.append(np.random.get_state())
+        while len(chain) <= episode:
+            np.random.set_state(chain[-1])
+            slot.env.reset()
+            chain.append(np.random.get_state())
+        return chain[episode]
+
+    def _start(self, slot: _Slot, state: np.ndarray, episode: int) -> None:
         env = slot.env
-        numpy_state = np.random.get_state()  # LIBERO's env.seed seeds numpy's global generator
+        numpy_state = np.random.get_state()  # LIBERO draws fixture placements from numpy's global generator
         try:
             env.seed(self.options.sim_seed)
+            np.random.set_state(self._reset_rng_state(slot, episode))
             env.reset()
             if not self.options.reflections:
                 _disable_reflections(env)
