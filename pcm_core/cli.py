@@ -66,7 +66,8 @@ def run(
     if rollout_workers is not None:
         overrides = [*overrides, f"distributed.rollout_workers={rollout_workers}"]
 
-    resolved_config = load_config(config, overrides, env=env, policy=policy)
+    preset = _preset(config, env, policy, resume)
+    resolved_config = load_config(preset.config if preset else config, overrides, env=env, policy=policy)
     saved = None
     if resume is not None:
         from pcm_core import checkpoint
@@ -85,6 +86,10 @@ def run(
         names = ", ".join(f"{kind}={c.name}" for kind, c in components.items())
         out.print(f"config valid: {names}", markup=False, highlight=False, soft_wrap=True)
         return
+    if preset is not None:
+        from pcm_core.presets import check_machine
+
+        check_machine(preset)
     if nproc > 1:
         from pcm_core.launch import torchrun
 
@@ -112,7 +117,8 @@ def eval_command(
     eval.json, MP4s per task, the environment fingerprint, and the trackers."""
     from pcm_core.config import load_config, resolve_components, resolve_trackers
 
-    resolved_config = load_config(config, overrides, env=env, policy=policy)
+    preset = _preset(config, env, policy, resume)
+    resolved_config = load_config(preset.config if preset else config, overrides, env=env, policy=policy)
     saved = None
     if resume is not None:
         from pcm_core import checkpoint
@@ -129,9 +135,25 @@ def eval_command(
                   f"{'greedy' if settings.greedy else 'sampled'}, env={resolved_config.env.name}, "
                   f"policy={resolved_config.policy.name}", markup=False, highlight=False, soft_wrap=True)
         return
+    if preset is not None:
+        from pcm_core.presets import check_machine
+
+        check_machine(preset)
     from pcm_core.evaluation import evaluate_command
 
     evaluate_command(resolved_config, components, out, resume=saved)
+
+
+def _preset(config: Optional[Path], env: Optional[str], policy: Optional[str], resume: Optional[str]) -> Any:
+    """The preset of ``--env`` + ``--policy`` when no ``--config`` (or ``--resume``) is given; says which it took."""
+    if config is not None or resume is not None:
+        return None
+    from pcm_core.presets import find_preset
+
+    preset = find_preset(env, policy)
+    if preset is not None:
+        out.print(f"preset: {preset.name} ({preset.config}); --set overrides it", markup=False, highlight=False, soft_wrap=True)
+    return preset
 
 
 def _describe_options(options: type[BaseModel]) -> str:

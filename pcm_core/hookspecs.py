@@ -45,6 +45,13 @@ def pcm_register_trackers(register: Register) -> None:
 
 
 @hookspec
+def pcm_register_presets(register: Callable[..., None]) -> None:
+    """Register presets for (env, policy) pairs: ``register(Preset(name, env, policy, config_path,
+    needs_cuda, needs))`` with a :class:`~pcm_core.presets.Preset`; ``pcm-run --env E --policy P``
+    without ``--config`` starts from its config."""
+
+
+@hookspec
 def pcm_on_run_start(config: Any, run_dir: str) -> None:
     """Called once before the first training step with the resolved ``RunConfig``."""
 

@@ -92,6 +92,7 @@ class Registry:
         if load_entry_points:
             self._load_entry_points()
         self._components = self._collect()
+        self.presets = self._collect_presets()
 
     def _load(self, label: str, module_name: str, distribution: str) -> None:
         try:
@@ -145,6 +146,26 @@ class Registry:
                     _reraise_interrupt(exc)
                     self.broken.append(BrokenPlugin(plugin, distribution, f"{type(exc).__name__}: {exc}"))
         return components
+
+    def _collect_presets(self) -> dict[tuple[str, str], "Preset"]:
+        """(env, policy) -> the first registered :class:`~pcm_core.presets.Preset` of the pair."""
+        from pcm_core.presets import Preset
+
+        presets: dict[tuple[str, str], Preset] = {}
+        for impl in self.pm.hook.pcm_register_presets.get_hookimpls():
+            plugin, distribution = self._origin.get(impl.plugin, (impl.plugin_name, "?"))
+
+            def register(preset: Preset, _p: str = plugin) -> None:
+                if not isinstance(preset, Preset):
+                    raise TypeError(f"plugin {_p} registered a preset that is not a pcm_core.presets.Preset")
+                presets.setdefault((preset.env, preset.policy), preset)
+
+            try:
+                impl.function(register=register)
+            except BaseException as exc:
+                _reraise_interrupt(exc)
+                self.broken.append(BrokenPlugin(plugin, distribution, f"{type(exc).__name__}: {exc}"))
+        return presets
 
     def components(self, kind: str) -> dict[str, Registration]:
         return dict(sorted(self._components[kind].items()))

@@ -293,3 +293,18 @@ def test_pcm_run_libero_tinyvla_in_two_workers_end_to_end(tmp_path, monkeypatch)
     videos = {a.path.split("/")[-1] for a in client.list_artifacts(run.info.run_id, "videos")}
     assert "train_step000002_kept_chunks.mp4" in videos  # LIBERO's camera frames with PCM's kept-chunk strip
     assert any(name.startswith("eval_step000000_task") for name in videos)
+
+
+@pytest.mark.parametrize(("policy", "checkpoint"), [("openvla", "openvla/openvla-7b-finetuned-libero-spatial"),
+                                                    ("openvla-oft", "Haozhan72/Openvla-oft-SFT-libero-spatial-traj1")])
+def test_the_headline_command_shows_its_preset(policy, checkpoint, capsys):
+    """`pcm-run --env libero --policy P --dry-run`: the preset's name, checkpoint, unnorm_key and env workers."""
+    from pcm_core.cli import main
+    from pcm_core.registry import get_registry
+
+    if get_registry().get("policy", policy).missing_modules():
+        pytest.skip("needs the [openvla] extra beside [libero] (tox -e libero-openvla)")
+    main(["--env", "libero", "--policy", policy, "--dry-run"])
+    out = capsys.readouterr().out
+    assert out.startswith(f"preset: libero-{policy} (")
+    assert f"path: {checkpoint}" in out and "unnorm_key: libero_spatial" in out and "workers: 16" in out
