@@ -127,7 +127,11 @@ class TrainConfig(Section):
         "seq_mean", description="seq_mean: every trajectory weighs the same (GRPO's 1/|o_i|); token_mean: every "
         "token, so long (failed) trajectories outweigh short successes when episodes end at success"
     )
-    update_epochs: int = Field(1, gt=0, description="passes over the kept chunks per step")
+    update_epochs: int = Field(1, gt=0, description="optimizer steps per rollout batch, each over the kept chunks")
+    resample_masks: bool = Field(
+        False, description="with update_epochs > 1, draw a fresh mask (same keep-probabilities) for each optimizer step, "
+        "so the step's updates together see more of the batch"
+    )
     skip_zero_advantage: bool = Field(
         True, description="trajectories whose advantage is exactly 0 (groups with equal outcomes) take no forward/backward "
         "when kl_coef is 0: their loss term is exactly 0, the normalisers still count them, so the update is unchanged"

@@ -149,6 +149,17 @@ class Learner:
         phases = self.segmenter.segment(batch)  # k(i, t)  [N_r, T]
         scores = self.comm.sum_scores(self.proxy.score(batch, phases, self.segmenter.num_phases))  # v_k as sums/counts
         keep_probs = self.keep_probs.update(scores)  # q_k  [P], the same on every rank
+        return self._sample(batch, advantages, phases, scores, keep_probs)
+
+    def resample(self, batch: RolloutBatch, previous: SelectionResult) -> SelectionResult:
+        """A fresh mask for ``batch`` with the phases, scores and keep-probabilities of ``previous``
+        (``train.resample_masks``: each update epoch backpropagates other chunks)."""
+        return self._sample(batch, previous.advantages, previous.phases, previous.scores, previous.keep_probs)
+
+    def _sample(
+        self, batch: RolloutBatch, advantages: Tensor, phases: Tensor, scores: PhaseScores, keep_probs: Tensor
+    ) -> SelectionResult:
+        """Budgets, the masks (one stream per trajectory from a new step seed), loss weights, compaction."""
         budgets = trajectory_budgets(batch.lengths, self.pcm.budget, self.pcm.budget_scaling, batch.horizon_chunks)  # B_i
         step_seed = int(torch.randint(0, 2**62, (1,), generator=self.generator))  # the same on every rank
         offset, num_global = self.comm.offset(batch.num_trajectories)  # this rank's first global index, N
@@ -231,7 +242,10 @@ class Learner:
             result = self.last_selection = self.select(batch)
         self.policy.module.train()
         losses: dict[str, float] = {}
-        for _ in range(self.train.update_epochs):
+        for epoch in range(self.train.update_epochs):
+            if epoch > 0 and self.train.resample_masks:
+                with timer.section("select", device):
+                    result = self.resample(batch, result)
             self.optimizer.zero_grad(set_to_none=True)  # stale gradients (e.g. left by SFT) never leak in
             with timer.section("forward_backward", device):
                 losses = self.backward(result.batch)
