@@ -58,7 +58,6 @@ def run(
     """Train on the embedded default, or on what --config / --env / --policy name."""
     if ctx.invoked_subcommand is not None:
         return
-    from pcm_core.config import load_config, resolve_components, resolve_trackers
     from pcm_core.distributed import check_ranks
     from pcm_core.memory import check_memory
     from pcm_core.ray_rollouts import require_ray
@@ -66,17 +65,7 @@ def run(
     if rollout_workers is not None:
         overrides = [*overrides, f"distributed.rollout_workers={rollout_workers}"]
 
-    preset = _preset(config, env, policy, resume)
-    resolved_config = load_config(preset.config if preset else config, overrides, env=env, policy=policy)
-    saved = None
-    if resume is not None:
-        from pcm_core import checkpoint
-
-        saved = checkpoint.load(checkpoint.locate(resume, resolved_config.train.output_dir))
-        assert saved.path is not None
-        resolved_config = load_config(saved.path / checkpoint.CONFIG, overrides, env=env, policy=policy)
-    components = resolve_components(resolved_config)
-    resolve_trackers(resolved_config.tracking)
+    preset, saved, resolved_config, components = _resolve(config, env, policy, overrides, resume)
     check_memory(resolved_config, components)
     check_ranks(resolved_config, nproc if nproc > 1 else int(os.environ.get("WORLD_SIZE", "1")))
     require_ray(resolved_config.distributed.rollout_workers)  # here, not after the warm start
@@ -115,19 +104,7 @@ def eval_command(
     """Evaluate a policy: every task x evaluation.episodes_per_task initial states (LIBERO: the
     published 50 per task), greedy; per-task success with Wilson 95% intervals in eval.md and
     eval.json, MP4s per task, the environment fingerprint, and the trackers."""
-    from pcm_core.config import load_config, resolve_components, resolve_trackers
-
-    preset = _preset(config, env, policy, resume)
-    resolved_config = load_config(preset.config if preset else config, overrides, env=env, policy=policy)
-    saved = None
-    if resume is not None:
-        from pcm_core import checkpoint
-
-        saved = checkpoint.load(checkpoint.locate(resume, resolved_config.train.output_dir))
-        assert saved.path is not None
-        resolved_config = load_config(saved.path / checkpoint.CONFIG, overrides, env=env, policy=policy)
-    components = resolve_components(resolved_config)
-    resolve_trackers(resolved_config.tracking)
+    preset, saved, resolved_config, components = _resolve(config, env, policy, overrides, resume)
     settings = resolved_config.evaluation
     if dry_run:
         tasks = "every task" if settings.tasks is None else f"tasks {settings.tasks}"
@@ -144,13 +121,34 @@ def eval_command(
     evaluate_command(resolved_config, components, out, resume=saved)
 
 
+def _resolve(config: Optional[Path], env: Optional[str], policy: Optional[str], overrides: list[str],
+             resume: Optional[str]) -> tuple[Any, Any, Any, dict[str, Any]]:
+    """(preset, checkpoint, config, components) of a command line: the config file, the pair's
+    preset or a resumed run's saved config, with ``--env``/``--policy``/``--set`` on top; every
+    component and tracker checked."""
+    from pcm_core.config import load_config, resolve_components, resolve_trackers
+
+    preset = _preset(config, env, policy, resume)
+    resolved = load_config(preset.config if preset else config, overrides, env=env, policy=policy)
+    saved = None
+    if resume is not None:
+        from pcm_core import checkpoint
+
+        saved = checkpoint.load(checkpoint.locate(resume, resolved.train.output_dir))
+        assert saved.path is not None
+        resolved = load_config(saved.path / checkpoint.CONFIG, overrides, env=env, policy=policy)
+    components = resolve_components(resolved)
+    resolve_trackers(resolved.tracking)
+    return preset, saved, resolved, components
+
+
 def _preset(config: Optional[Path], env: Optional[str], policy: Optional[str], resume: Optional[str]) -> Any:
     """The preset of ``--env`` + ``--policy`` when no ``--config`` (or ``--resume``) is given; says which it took."""
-    if config is not None or resume is not None:
+    if config is not None or resume is not None or env is None or policy is None:
         return None
-    from pcm_core.presets import find_preset
+    from pcm_core.registry import get_registry
 
-    preset = find_preset(env, policy)
+    preset = get_registry().presets.get((env, policy))
     if preset is not None:
         out.print(f"preset: {preset.name} ({preset.config}); --set overrides it", markup=False, highlight=False, soft_wrap=True)
     return preset

@@ -27,15 +27,6 @@ class Preset:
     needs: str = ""
 
 
-def find_preset(env: str | None, policy: str | None) -> Preset | None:
-    """The registered preset of the pair, when both are named."""
-    if env is None or policy is None:
-        return None
-    from pcm_core.registry import get_registry
-
-    return get_registry().presets.get((env, policy))
-
-
 def check_machine(preset: Preset) -> None:
     """Refuse, in two lines, a preset that needs a GPU on a machine without one."""
     import torch

@@ -21,6 +21,7 @@ import pluggy
 from pcm_core import hookspecs
 from pcm_core.errors import MissingBackendError, UnknownComponentError
 from pcm_core.interfaces import KINDS, Component, Options
+from pcm_core.presets import Preset
 
 ENTRY_POINT_GROUP = "pcm"
 PLUGINS_ENV_VAR = "PCM_PLUGINS"
@@ -140,17 +141,11 @@ class Registry:
                         return
                     components[_kind][name] = Registration(_kind, name, cls, _p, _d)
 
-                try:
-                    impl.function(register=register)
-                except BaseException as exc:
-                    _reraise_interrupt(exc)
-                    self.broken.append(BrokenPlugin(plugin, distribution, f"{type(exc).__name__}: {exc}"))
+                self._call(impl, register, plugin, distribution)
         return components
 
-    def _collect_presets(self) -> dict[tuple[str, str], "Preset"]:
+    def _collect_presets(self) -> dict[tuple[str, str], Preset]:
         """(env, policy) -> the first registered :class:`~pcm_core.presets.Preset` of the pair."""
-        from pcm_core.presets import Preset
-
         presets: dict[tuple[str, str], Preset] = {}
         for impl in self.pm.hook.pcm_register_presets.get_hookimpls():
             plugin, distribution = self._origin.get(impl.plugin, (impl.plugin_name, "?"))
@@ -160,12 +155,16 @@ class Registry:
                     raise TypeError(f"plugin {_p} registered a preset that is not a pcm_core.presets.Preset")
                 presets.setdefault((preset.env, preset.policy), preset)
 
-            try:
-                impl.function(register=register)
-            except BaseException as exc:
-                _reraise_interrupt(exc)
-                self.broken.append(BrokenPlugin(plugin, distribution, f"{type(exc).__name__}: {exc}"))
+            self._call(impl, register, plugin, distribution)
         return presets
+
+    def _call(self, impl: pluggy.HookImpl, register: object, plugin: str, distribution: str) -> None:
+        """One plugin's registration hook; whatever it raises (but Ctrl-C) marks that plugin broken."""
+        try:
+            impl.function(register=register)
+        except BaseException as exc:
+            _reraise_interrupt(exc)
+            self.broken.append(BrokenPlugin(plugin, distribution, f"{type(exc).__name__}: {exc}"))
 
     def components(self, kind: str) -> dict[str, Registration]:
         return dict(sorted(self._components[kind].items()))

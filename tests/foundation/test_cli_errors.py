@@ -80,7 +80,7 @@ CASES = [
     ("policy-option-unknown", ["--set", "policy.options.bogus_key=1"], ["unknown key 'policy.options.bogus_key'"]),
     # top-level keys
     ("section-typo", ["--set", "trian.steps=3"], ["unknown key 'trian'", "did you mean 'train'?"]),
-    ("section-unknown", ["--set", "foo=1"], ["unknown key 'foo'", "valid keys: distributed, env, pcm, policy, tracking, train"]),
+    ("section-unknown", ["--set", "foo=1"], ["unknown key 'foo'", "valid keys: distributed, env, evaluation, pcm, policy, tracking, train"]),
     ("pcm-key-typo", ["--set", "pcm.budgt=3"], ["unknown key 'pcm.budgt'", "did you mean 'budget'?"]),
     ("sft-key-typo", ["--set", "train.sft.epoch=3"], ["unknown key 'train.sft.epoch'", "did you mean 'epochs'?"]),
     ("tracking-key-typo", ["--set", "tracking.enabeld=false"], ["unknown key 'tracking.enabeld'", "did you mean 'enabled'?"]),
