@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 
-
 def pyplot():
     """matplotlib.pyplot on the non-interactive Agg backend (imported on first use)."""
     import matplotlib
@@ -16,18 +15,23 @@ def pyplot():
     return plt
 
 
+def keep_probability_labels(history: list[dict[str, float]], phase_names: list[str] | None) -> dict[str, str]:
+    """``keep_prob/phase_<k>`` metric -> its legend label, ``phase <k>: <name>`` (``phase <k>`` unnamed), by k."""
+    keys = sorted({key for row in history for key in row if key.startswith("keep_prob/phase_")}, key=lambda k: int(k.rsplit("_", 1)[1]))
+    labels = {}
+    for key in keys:
+        k = int(key.rsplit("_", 1)[1])
+        labels[key] = f"phase {k}: {phase_names[k]}" if phase_names is not None and k < len(phase_names) else f"phase {k}"
+    return labels
+
+
 def plot_keep_probabilities(history: list[dict[str, float]], path: Path, phase_names: list[str] | None = None) -> Path:
     """One line per phase: q_k over training steps (where PCM learned outcomes diverge); the
     legend names each phase (``phase 1: align + grasp``) when ``phase_names`` are given."""
     plt = pyplot()
-    phases = sorted({key for row in history for key in row if key.startswith("keep_prob/phase_")}, key=lambda k: int(k.rsplit("_", 1)[1]))
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    for key in phases:
+    for key, label in keep_probability_labels(history, phase_names).items():
         steps = [row["step"] for row in history if key in row]
-        label = key.split("/")[1].replace("_", " ")
-        k = int(key.rsplit("_", 1)[1])
-        if phase_names is not None and k < len(phase_names):
-            label = f"{label}: {phase_names[k]}"
         ax.plot(steps, [row[key] for row in history if key in row], label=label)
     ax.set_xlabel("training step")
     ax.set_ylabel("keep probability q_k")

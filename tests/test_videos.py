@@ -77,3 +77,15 @@ def test_training_video_shows_a_success_and_a_failure_of_a_mixed_group(tmp_path)
     assert frames.shape[2] == 272
     # the left half shows trajectory 2 (its frames hold the value 2 * 5 + t)
     assert abs(int(frames[1, 40:80, 40:80].mean()) - (2 * 5 + 1)) <= 3
+
+
+def test_keep_probability_legend_names_the_phases(tmp_path):
+    from pcm_core.plots import keep_probability_labels, plot_keep_probabilities
+
+    history = [{"step": 0, "eval_success_rate": 0.2}] + [
+        {"step": s, "keep_prob/phase_0": 0.1, "keep_prob/phase_10": 0.3, "keep_prob/phase_2": 0.6} for s in (1, 2)
+    ]
+    assert keep_probability_labels(history, ["approach", "align + grasp", "transport + place"]) == {
+        "keep_prob/phase_0": "phase 0: approach", "keep_prob/phase_2": "phase 2: transport + place", "keep_prob/phase_10": "phase 10",
+    }
+    assert plot_keep_probabilities(history, tmp_path / "q.png", ["approach"]).stat().st_size > 0
