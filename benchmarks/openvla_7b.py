@@ -76,7 +76,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     policy = build_policy(args.architecture, args.device)
     device = policy.device
     batch = synthetic_batch(policy, args.groups * 2, args.chunks, args.image_size, seed=0)
-    overrides = [f"train.micro_batch_size={args.micro_batch_size}", f"train.dtype={args.dtype}", "train.lr=1e-5"]
+    overrides = [f"train.micro_batch_size={args.micro_batch_size}", f"train.dtype={args.dtype}", "train.lr=1e-5",
+                 "pcm.segmenter=gripper"]  # synthetic batches carry no env phase labels
     learners = {"grpo": make_learner(policy, config_for("all", args.budget, None, overrides=overrides)),
                 "pcm": make_learner(policy, config_for("pcm", args.budget, None, overrides=overrides))}
     learners["pcm"].optimizer = learners["grpo"].optimizer  # same AdamW: identical optimizer work

@@ -348,12 +348,17 @@ def test_bf16_weights_with_float32_adapters_act_and_score(tiny_folder, obs):
     torch.testing.assert_close(scored.detach(), out.logprobs, rtol=0, atol=1e-5)
 
 
-def test_lora_is_merged_on_export(tiny_folder, obs, tmp_path):
-    policy = oft(tiny_folder, lora={"rank": 4, "alpha": 8})
-    with torch.no_grad():  # adapters that change the function (lora_B starts at zero)
+def with_trained_adapters(policy):
+    """Adapters that change the function (lora_B starts at zero, so fresh adapters do not)."""
+    with torch.no_grad():
         for name, parameter in policy.module.named_parameters():
             if "lora_B" in name:
                 parameter.normal_(0, 0.05)
+    return policy
+
+
+def test_lora_is_merged_on_export(tiny_folder, obs, tmp_path):
+    policy = with_trained_adapters(oft(tiny_folder, lora={"rank": 4, "alpha": 8}))
     logits, _ = policy.parallel_pass(obs, INSTRUCTIONS)
     policy.save(str(tmp_path / "merged"))
     from safetensors import safe_open
@@ -369,11 +374,7 @@ def test_lora_adapter_export_on_its_base_gives_the_merged_model(tiny_folder, obs
 
     from safetensors import safe_open
 
-    policy = oft(tiny_folder, lora={"rank": 4, "alpha": 8, "export": "both"})
-    with torch.no_grad():  # adapters that change the function (lora_B starts at zero)
-        for name, parameter in policy.module.named_parameters():
-            if "lora_B" in name:
-                parameter.normal_(0, 0.05)
+    policy = with_trained_adapters(oft(tiny_folder, lora={"rank": 4, "alpha": 8, "export": "both"}))
     trained, _ = policy.parallel_pass(obs, INSTRUCTIONS)
     policy.save(str(tmp_path / "out"))
     adapter = tmp_path / "out" / "adapter"
