@@ -45,7 +45,7 @@ def test_two_ranks_then_resume_on_one(tmp_path):
     assert roots == ["latest", "step_000001", "step_000002"]  # written once each, no leftovers
     two = checkpoint.load(checkpoint.locate("latest", output))
     assert [row.get("ranks") for row in two.state["history"]] == [None, 2.0, 2.0]
-    assert any(row["loss"] != 0.0 for row in two.state["history"][1:])  # the weights moved
+    assert any(row["grad_norm"] > 0.0 for row in two.state["history"][1:])  # the weights moved (the loss of balanced groups at ratio 1 is 0)
 
     _run(1, "--resume", "latest", *_sets(f"train.output_dir={output}", "train.steps=3"))
     one = checkpoint.load(checkpoint.locate("latest", output))
