@@ -25,6 +25,7 @@ from pcm_core.errors import ConfigError
 from pcm_core.fingerprint import environment_fingerprint
 from pcm_core.interfaces import EnvBackend, PolicyBackend
 from pcm_core.learner import policy_precision
+from pcm_core.profiling import eta_text
 from pcm_core.rollout import GroupSpec, collect
 
 WILSON_Z = 1.959963984540054  # the two-sided 95% normal quantile
@@ -133,7 +134,7 @@ def run_evaluation(
         elapsed = time.perf_counter() - start
         rate = sum(sum(v) for v in outcomes.values()) / done
         log(f"eval {done}/{len(plan)} episodes  success {rate:.3f}  {elapsed / done:.2f} s/episode  "
-            f"ETA {_minutes(elapsed / done * (len(plan) - done))}")
+            f"ETA {eta_text(elapsed / done * (len(plan) - done))}")
     results = []
     for task in tasks:
         wins, n = int(sum(outcomes[task])), len(outcomes[task])
@@ -141,10 +142,6 @@ def run_evaluation(
     wins, n = sum(r.successes for r in results), sum(r.episodes for r in results)
     return EvalReport(results, n, wins, wins / n, *wilson_interval(wins, n), settings.greedy, time.perf_counter() - start,
                       environment_fingerprint(policy.device), written)
-
-
-def _minutes(seconds: float) -> str:
-    return f"{int(seconds // 60)}m {int(seconds % 60)}s"
 
 
 def write_report(report: EvalReport, folder: Path, title: str) -> tuple[Path, Path]:

@@ -80,3 +80,9 @@ def cuda_peak_memory(device: torch.device) -> int | None:
 def reset_cuda_peak(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+
+
+def eta_text(seconds: float) -> str:
+    """``137.4`` -> ``"2m 17s"``: the time left on a progress line."""
+    whole = round(seconds)
+    return f"{whole // 60}m {whole % 60}s"

@@ -31,7 +31,7 @@ from pcm_core.fingerprint import environment_fingerprint
 from pcm_core.interfaces import COMPONENT_KINDS, EnvBackend, PhaseSegmenter, PolicyBackend
 from pcm_core.learner import Learner
 from pcm_core.plots import plot_keep_probabilities, plot_success
-from pcm_core.profiling import StepTimer
+from pcm_core.profiling import StepTimer, eta_text
 from pcm_core.registry import get_registry
 from pcm_core.run_lock import RunLock
 from pcm_core.tracking import Tracker
@@ -217,10 +217,9 @@ class StepProgress:
     def line(self, metrics: dict[str, float]) -> str:
         """The plain progress line after a step (ETA from the mean step time so far)."""
         step_s = sum(self.seconds) / len(self.seconds)
-        eta = round(step_s * (self.total - self.done))
         kept = metrics.get("kept_chunk_fraction", 1.0)
         return (f"step {self.done}/{self.total}  success {metrics['success_rate']:.2f}  eval {self.eval}  kept {kept:.2f}  "
-                f"{metrics['time/step_s']:.1f} s/step  ETA {eta // 60}m {eta % 60}s")
+                f"{metrics['time/step_s']:.1f} s/step  ETA {eta_text(step_s * (self.total - self.done))}")
 
 
 @dataclass
