@@ -19,6 +19,7 @@ from rich.table import Table
 
 from pcm_core.config import render_type
 from pcm_core.errors import PcmError
+from pcm_core.presets import check_machine
 
 FILE_SYSTEM_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOENT, errno.ENOTDIR, errno.EISDIR,
                       errno.EDQUOT, errno.ENAMETOOLONG}
@@ -75,10 +76,7 @@ def run(
         names = ", ".join(f"{kind}={c.name}" for kind, c in components.items())
         out.print(f"config valid: {names}", markup=False, highlight=False, soft_wrap=True)
         return
-    if preset is not None:
-        from pcm_core.presets import check_machine
-
-        check_machine(preset)
+    check_machine(preset)
     if nproc > 1:
         from pcm_core.launch import torchrun
 
@@ -112,10 +110,7 @@ def eval_command(
                   f"{'greedy' if settings.greedy else 'sampled'}, env={resolved_config.env.name}, "
                   f"policy={resolved_config.policy.name}", markup=False, highlight=False, soft_wrap=True)
         return
-    if preset is not None:
-        from pcm_core.presets import check_machine
-
-        check_machine(preset)
+    check_machine(preset)
     from pcm_core.evaluation import evaluate_command
 
     evaluate_command(resolved_config, components, out, resume=saved)

@@ -27,11 +27,13 @@ class Preset:
     needs: str = ""
 
 
-def check_machine(preset: Preset) -> None:
-    """Refuse, in two lines, a preset that needs a GPU on a machine without one."""
+def check_machine(preset: Preset | None) -> None:
+    """Refuse, in two lines, a preset that needs a GPU on a machine without one (None: no preset)."""
+    if preset is None or not preset.needs_cuda:
+        return
     import torch
 
-    if preset.needs_cuda and not torch.cuda.is_available():
+    if not torch.cuda.is_available():
         raise ConfigError(
             f"preset {preset.name} needs {preset.needs}; this machine has no CUDA GPU.\n"
             f"Fix: run it on a GPU machine, or name a config for this one (e.g. --config configs/libero_tinyvla.yaml)"
