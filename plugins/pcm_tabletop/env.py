@@ -233,6 +233,8 @@ class TabletopEnv(EnvBackend):
         self.failed_grasps = np.zeros(self.num_envs, dtype=np.int64)  # [B]
         self.steps = np.zeros(self.num_envs, dtype=np.int64)  # [B]
         self._rows = np.arange(self.num_envs)
+        self._image = np.zeros((self.num_envs, self.options.image_size, self.options.image_size, 3), dtype=np.uint8)
+        self._stale = np.ones(self.num_envs, dtype=bool)  # rows whose scene changed since their last render  [B]
         self._started = True
         return self._observe(), [instruction(int(v)) for v in variant]
 
@@ -268,6 +270,7 @@ class TabletopEnv(EnvBackend):
 
         self.success |= active & (self.held != self.task_obj) & self._on_target()
         self.steps += active
+        self._stale |= active
         done = self._done()
         obs = self._observe() if observe else {}
         return StepResult(obs=obs, success=self.success.copy(), done=done, info=self._info())
@@ -357,8 +360,12 @@ class TabletopEnv(EnvBackend):
             ],
             axis=1,
         )
+        stale = np.flatnonzero(self._stale)  # a finished env's scene no longer changes: its last image is reused
+        if len(stale):
+            self._image[stale] = render_scenes(self._scene(stale), self.geometry, self.options.image_size)
+            self._stale[:] = False
         obs = {
-            "image": render_scenes(self._scene(slice(None)), self.geometry, self.options.image_size),
+            "image": self._image.copy(),
             "proprio": proprio.astype(np.float32),
         }
         if self.options.state_obs:

@@ -140,7 +140,10 @@ class TinyVLAForActionPrediction(PreTrainedModel):
         pixels = images.permute(0, 3, 1, 2).to(self.patch_embed.weight.dtype) / 127.5 - 1.0  # [B, 3, H, W]
         if pixels.shape[-2:] != (size, size):
             pixels = F.interpolate(pixels, size=(size, size), mode="bilinear", align_corners=False)
-        patches = self.patch_embed(pixels).flatten(2).transpose(1, 2)  # [B, N_p, hidden]
+        patch, side = self.config.patch_size, size // self.config.patch_size
+        pixels = pixels.reshape(-1, 3, side, patch, side, patch).permute(0, 2, 4, 1, 3, 5)  # [B, rows, cols, 3, p, p]
+        weight = self.patch_embed.weight.flatten(1)  # [hidden, 3 p p]: the conv with stride = kernel, as one matmul
+        patches = F.linear(pixels.reshape(pixels.shape[0], side * side, -1), weight, self.patch_embed.bias)  # [B, N_p, hidden]
         return patches + self.patch_position
 
     def embed_states(self, states: dict[str, Tensor], batch: int) -> Tensor:
@@ -191,21 +194,40 @@ class TinyVLAForActionPrediction(PreTrainedModel):
         observation = torch.cat([image_tokens, state_tokens], dim=1)  # [B, N_p + N_s, h]
         if prefix is not None and not self.config.instruction_first:
             raise ValueError("an instruction prefix cache needs instruction_first=True")
-        text_tokens = self.llm.embed_tokens(input_ids) if prefix is None else None  # [B, T, h]; else in the cache
-        segments = [  # (tokens, attention mask) in sequence order
-            (text_tokens, attention_mask),
-            (observation, attention_mask.new_ones(batch, observation.shape[1])),
-            (queries, attention_mask.new_ones(batch, queries.shape[1])),
+        text_positions = torch.arange(input_ids.shape[1], device=input_ids.device)  # [T]
+        if prefix is None:  # the padding every row has is left out; the other tokens keep their positions
+            real = int(attention_mask.sum(1).max())
+            input_ids, attention_mask, text_positions = input_ids[:, :real], attention_mask[:, :real], text_positions[:real]
+        text_tokens = self.llm.embed_tokens(input_ids) if prefix is None else None  # [B, T', h]; else in the cache
+        segments = [  # (tokens, attention mask, positions) in sequence order
+            (text_tokens, attention_mask, text_positions),
+            (observation, attention_mask.new_ones(batch, observation.shape[1]), None),
+            (queries, attention_mask.new_ones(batch, queries.shape[1]), None),
         ]
         if not self.config.instruction_first:
             segments[0], segments[1] = segments[1], segments[0]
-        sequence = torch.cat([tokens for tokens, _ in segments if tokens is not None], dim=1)  # [B, N (- T), h]
-        mask = torch.cat([segment_mask for _, segment_mask in segments], dim=1)  # [B, N]: the cached prefix included
+        sequence = torch.cat([tokens for tokens, _, _ in segments if tokens is not None], dim=1)  # [B, N', h]
+        mask = torch.cat([segment_mask for _, segment_mask, _ in segments], dim=1)  # [B, N']: the cached prefix included
+        positions = self.sequence_positions(segments, self.config.max_instruction_tokens, input_ids.device)  # [N']
+        if prefix is not None:
+            positions = positions[prefix.get_seq_length() :]
         cache = {CACHE_ARGUMENT: prefix} if prefix is not None else {}
-        hidden = self.llm(inputs_embeds=sequence, attention_mask=mask, **cache).last_hidden_state  # [B, N (- T), h]
+        hidden = self.llm(  # [B, N' (- T), h]
+            inputs_embeds=sequence, attention_mask=mask, position_ids=positions[None].expand(batch, -1), **cache
+        ).last_hidden_state
         logits = self.action_head(hidden[:, -queries.shape[1] :])  # [B, Q, L / Q * num_bins]
         return logits.reshape(batch, self.config.tokens_per_chunk, self.config.num_bins)  # [B, L, num_bins]
 
+    @staticmethod
+    def sequence_positions(segments: list[tuple[Tensor | None, Tensor, Tensor | None]], text_length: int, device: torch.device) -> Tensor:
+        """``[N']`` position of every token: each segment starts where it would with the instruction
+        padded to ``text_length`` tokens, so dropping padding leaves the other positions, and the logits, as they are."""
+        parts, start = [], 0
+        for _, segment_mask, text_positions in segments:
+            length = segment_mask.shape[1]
+            parts.append(start + (text_positions if text_positions is not None else torch.arange(length, device=device)))
+            start += text_length if text_positions is not None else length
+        return torch.cat(parts)
 
 CACHE_ARGUMENT = "cache" if "cache" in inspect.signature(LlamaModel.forward).parameters else "past_key_values"
 """The name ``LlamaModel.forward`` gives its KV cache argument in the installed transformers."""

@@ -11,6 +11,7 @@ from pcm_core.registry import get_registry
 from pcm_tabletop import GYM_ID
 from pcm_tabletop.env import NUM_VARIANTS, TabletopEnv, TabletopOptions
 from pcm_tabletop.gym_env import TabletopGymEnv
+from pcm_tabletop.render import render_scenes
 
 
 def make(num_envs: int, seed: int = 0, **options) -> TabletopEnv:
@@ -137,6 +138,29 @@ def test_actions_after_done_are_ignored():
         np.testing.assert_array_equal(after.info[key], last.info[key])
     np.testing.assert_array_equal(after.success, last.success)
     assert after.done.all()
+
+
+def test_only_running_envs_are_rendered_again():
+    """Each chunk's image of every env equals a fresh render of its scene, although envs that
+    finished keep their last image instead of being drawn again; and returned images are copies."""
+    env = make(6, expert_noise=0.3)
+    obs, _ = env.reset(np.arange(6) % env.num_tasks, np.arange(6))
+    images = [obs["image"]]
+    renders = {"rows": 0}
+    original = env._scene
+
+    def counting(index):
+        renders["rows"] += len(index)
+        return original(index)
+
+    env._scene = counting
+    for _ in range(env.max_steps):
+        result = env.step(env.expert_actions())
+        images.append(result.obs["image"])
+        fresh = render_scenes(original(slice(None)), env.geometry, env.options.image_size)
+        np.testing.assert_array_equal(images[-1], fresh)
+    assert result.done.all() and renders["rows"] < 6 * (len(images) - 1)  # finished envs were not drawn again
+    assert not np.shares_memory(images[-1], images[-2])
 
 
 def test_noiseless_expert_succeeds():

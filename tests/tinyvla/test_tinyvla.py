@@ -64,6 +64,35 @@ def test_loaded_checkpoint_rejects_conflicting_architecture(policy: TinyVLAPolic
         TinyVLAPolicy(TinyVLAOptions(path=str(tmp_path), chunk_size=8))
 
 
+@pytest.mark.parametrize("instruction_first", [False, True])
+def test_padding_left_out_of_the_sequence_leaves_the_logits_as_they_are(instruction_first: bool) -> None:
+    """The forward drops the instruction padding every row of a batch has, keeping the positions
+    of the other tokens: a row alone (no padding left) scores as it does beside a longer instruction."""
+    policy = TinyVLAPolicy(TinyVLAOptions(seed=0, instruction_first=instruction_first))
+    obs = make_obs()
+    _, mask = policy.encode_instructions(INSTRUCTIONS)
+    assert len(set(mask.sum(1).tolist())) > 1  # rows of different lengths
+    with torch.no_grad():
+        together = policy.logits(obs, INSTRUCTIONS)
+        for row, text in enumerate(INSTRUCTIONS):
+            alone = policy.logits({key: value[row : row + 1] for key, value in obs.items()}, [text])
+            torch.testing.assert_close(alone[0], together[row], atol=1e-5, rtol=0)
+        moved = policy.model.sequence_positions(  # what a shifted query would see: the positions change
+            [(None, mask[:, :3], torch.arange(3)), (None, torch.ones(1, 2), None)], 12, torch.device("cpu")
+        )
+    assert moved.tolist() == [0, 1, 2, 12, 13]
+
+
+def test_patch_embedding_is_the_strided_convolution(policy: TinyVLAPolicy) -> None:
+    """embed_image computes the patch conv (kernel = stride = patch) as one matmul over flattened patches."""
+    images = make_obs()["image"]
+    model = policy.model
+    with torch.no_grad():
+        pixels = images.permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        expected = model.patch_embed(pixels).flatten(2).transpose(1, 2) + model.patch_position  # [B, N_p, h]
+        torch.testing.assert_close(model.embed_image(images), expected, atol=1e-5, rtol=0)
+
+
 @pytest.fixture(scope="module", params=["token", "action"])
 def first_policy(request) -> TinyVLAPolicy:
     """The instruction-first layout, whose rollouts reuse the instruction's keys and values."""
