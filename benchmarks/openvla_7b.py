@@ -32,6 +32,7 @@ def build_policy(architecture: str, device: str):
     options = OpenVLAOFTPolicy.Options(
         architecture=architecture, init_device=device, weights_dtype="bfloat16" if device == "cuda" else "float32",
         lora={"rank": 32, "alpha": 16}, gradient_checkpointing=True, chunk_size=8,
+        image_keys=["image"],  # one camera, as the committed results were measured (LIBERO's OFT reads two)
     )
     return OpenVLAOFTPolicy(options)
 

@@ -7,6 +7,7 @@ Shapes: ``N`` trajectories, ``T`` chunks (padded), ``P`` phases, ``L`` tokens pe
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -140,15 +141,44 @@ def inclusion_probabilities(chunk_weights: Tensor, budget: int) -> Tensor:
         capped |= over
 
 
+def phase_share_probabilities(phases: Tensor, keep_probs: Tensor, budget: int) -> Tensor:
+    """Inclusion probabilities with the budget shared out by phase (the ``per_phase`` allocation).
+
+    Phase ``k`` of the trajectory gets the share ``s_k = B q_k / sum_j q_j`` of the budget (``j``
+    over the phases the trajectory visits), spread evenly over its ``n_k`` chunks:
+    ``pi_t = min(1, s_k / n_k)``. A phase with fewer chunks than its share keeps them all and the
+    rest of its share is *not* given to other phases, so ``sum_t pi_t <= B``: a failure whose
+    decisive phases are short keeps those and little of the long phase that no longer matters,
+    instead of filling the budget from it.
+
+    Args:
+        phases: ``[T]`` long phase ids of the trajectory's real chunks (in ``0..P-1``).
+        keep_probs: ``[P]`` keep-probabilities ``q``.
+        budget: B.
+
+    Returns:
+        ``[T]`` float64 ``pi`` in [0, 1].
+    """
+    q = keep_probs.detach().cpu().to(torch.float64)
+    phases = phases.detach().cpu().clamp(0, q.numel() - 1)
+    counts = torch.bincount(phases, minlength=q.numel()).to(torch.float64)  # n_k  [P]
+    visited = q * (counts > 0)  # q_k of the visited phases  [P]
+    if float(visited.sum()) <= 0.0:  # no visited phase has weight: share evenly over the chunks
+        return torch.full(phases.shape, min(1.0, budget / max(phases.numel(), 1)), dtype=torch.float64)
+    share = budget * visited / visited.sum()  # s_k  [P]
+    return (share / counts.clamp(min=1.0)).clamp(max=1.0)[phases]  # min(1, s_k / n_k)  [T]
+
+
 SampleOrder = Literal["random", "time"]
 
 
 def sample_exact(pi: Tensor, generator: torch.Generator | None = None, order: SampleOrder = "random") -> Tensor:
-    """Draw ``k = round(sum pi)`` distinct chunks with ``P(t kept) = pi_t`` exactly.
+    """Draw distinct chunks with ``P(t kept) = pi_t`` exactly: ``k = round(sum pi)`` of them when the
+    sum is an integer, otherwise its floor or its ceiling.
 
-    Systematic sampling: lay the ``pi`` of the chunks end to end on ``[0, k)`` and keep the chunks
-    hit by the points ``u, u + 1, ..., u + k - 1`` with ``u ~ U[0, 1)``. Each interval has length
-    ``pi_t <= 1``, so it is hit at most once, and with probability exactly ``pi_t``. ``order``
+    Systematic sampling: lay the ``pi`` of the chunks end to end on ``[0, S)``, ``S = sum pi``, and
+    keep the chunks hit by the points ``u, u + 1, ...`` below ``S``, with ``u ~ U[0, 1)``. Each
+    interval has length ``pi_t <= 1``, so it is hit at most once, and with probability exactly ``pi_t``. ``order``
     says in which order the chunks are laid: ``random``, a random permutation (which chunks are
     kept together is random); ``time``, their time order (stratified: the kept chunks are spread
     over the trajectory, about one per unit of ``pi`` in every stretch of it).
@@ -160,7 +190,10 @@ def sample_exact(pi: Tensor, generator: torch.Generator | None = None, order: Sa
     Returns:
         ``[k]`` long, sorted chunk indices.
     """
-    k = int(round(float(pi.sum())))
+    total = float(pi.sum())
+    if abs(total - round(total)) < 1e-6:  # an integer budget: exactly that many, float rounding absorbed
+        total = float(round(total))
+    k = math.ceil(total)  # points that may fall below S
     if k == 0:
         return torch.zeros(0, dtype=torch.long)
     if order == "random":
@@ -169,11 +202,11 @@ def sample_exact(pi: Tensor, generator: torch.Generator | None = None, order: Sa
         laid = torch.arange(pi.numel())
     else:
         raise ValueError(f"unknown sampling order '{order}' (expected 'random' or 'time')")
-    ends = torch.cumsum(pi.detach().cpu().to(torch.float64)[laid], 0)  # interval ends on [0, k]
-    ends[-1] = k  # absorb float rounding: the points always fall inside [0, k)
+    ends = torch.cumsum(pi.detach().cpu().to(torch.float64)[laid], 0)  # interval ends on [0, S]
+    ends[-1] = total  # absorb float rounding
     u = torch.rand((), generator=generator, dtype=torch.float64)  # u ~ U[0, 1)
     points = u + torch.arange(k, dtype=torch.float64)  # u, u + 1, ..., u + k - 1
-    hit = torch.searchsorted(ends, points, right=True)  # interval containing each point
+    hit = torch.searchsorted(ends, points[points < total], right=True)  # interval containing each point below S
     return laid[hit].sort().values
 
 

@@ -149,6 +149,43 @@ def action_stats(config: PrismaticConfig, unnorm_key: str | None, required: bool
     return stats["action"]
 
 
+IMAGE_COUNT_FIELD = "num_images_in_input"
+"""``config.json`` field in which this project's saved checkpoints record the cameras they read."""
+
+
+def check_image_count(loaded: Loaded, image_keys: list[str]) -> None:
+    """A checkpoint that records its camera count (one saved by this project) must get that many images."""
+    saved = loaded.config.raw.get(IMAGE_COUNT_FIELD)
+    if loaded.folder is not None and saved is not None and saved != len(image_keys):
+        raise CheckpointFolderError(
+            f"'{loaded.folder}' was trained on {saved} image(s) per observation, policy.options.image_keys = "
+            f"{image_keys} gives {len(image_keys)}.\n"
+            f"Fix: set policy.options.image_keys to {saved} camera(s), e.g. "
+            f"{'[image, wrist_image] (LIBERO: with env.options.wrist_image=true)' if saved == 2 else '[image]'}"
+        )
+
+
+def check_proprio_projector(loaded: Loaded, proprio_key: str | None) -> None:
+    """A loaded checkpoint reads the proprio exactly when it has a projector for it: no randomly
+    initialised projector's token inserted into a trained model, no trained projector left unused."""
+    if loaded.folder is None:
+        return
+    has_projector = "proprio_projector" in loaded.components
+    if proprio_key is not None and not has_projector:
+        raise CheckpointFolderError(
+            f"'{loaded.folder}' has no proprio_projector--<step>_checkpoint.pt, so policy.options.proprio_key = "
+            f"'{proprio_key}' would feed the proprio through a randomly initialised projector.\n"
+            "Fix: set policy.options.proprio_key=null for a checkpoint trained without proprio, "
+            "or copy the checkpoint's proprio_projector file into the folder"
+        )
+    if proprio_key is None and has_projector:
+        raise CheckpointFolderError(
+            f"'{loaded.folder}' was trained with proprio (it has a proprio_projector file), "
+            "but policy.options.proprio_key is null.\n"
+            "Fix: set policy.options.proprio_key to the env's proprio observation, e.g. proprio"
+        )
+
+
 def proprio_projector(loaded: Loaded, options: Any) -> nn.Module:
     """The checkpoint's proprio projector, or a new one of width ``options.proprio_dim``."""
     from pcm_openvla.modeling import ProprioProjector

@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
 
 from pcm_core.categorical import sample_tokens
+from pcm_core.errors import ConfigError
 from pcm_core.interfaces import Options, PolicyBackend
 from pcm_core.types import ActionSpec, PolicyOutput
 
@@ -145,6 +146,7 @@ class OpenVLAPolicy(PolicyBackend):
         self.options = options
         loaded = build.load(options) if options.path else build.random(options)
         self.config, self.tokenizer, self.source = loaded.config, loaded.tokenizer, loaded.folder
+        build.check_image_count(loaded, options.image_keys)
         self.tokens = build.action_tokenizer(self.config)
         self.stats = build.action_stats(self.config, options.unnorm_key, required=options.unnormalize_actions)
         self.component_steps = loaded.component_steps
@@ -236,9 +238,15 @@ class OpenVLAPolicy(PolicyBackend):
         from pcm_openvla.processing import pixel_values
 
         vla, device = self.vla, self.device
-        keys = [key for key in self.options.image_keys if key in obs]
-        if not keys:
-            raise ValueError(f"no image observation among {self.options.image_keys}; got {sorted(obs)}")
+        keys = self.options.image_keys
+        missing = [key for key in keys if key not in obs]
+        if missing:
+            raise ConfigError(
+                f"policy.options.image_keys = {keys}, but the env gives no {', '.join(repr(k) for k in missing)} "
+                f"(it gives {', '.join(sorted(obs))}).\n"
+                "Fix: turn that camera on in the env (LIBERO: env.options.wrist_image=true), or set "
+                "policy.options.image_keys to the cameras the checkpoint was trained on, e.g. [image]"
+            )
         images = torch.stack([obs[key] for key in keys], dim=1)  # [B, n, H, W, 3]
         batch = images.shape[0]
         pixels = pixel_values(images.flatten(0, 1), self.config.vision_specs, self.config.image_sizes,
@@ -357,7 +365,7 @@ class OpenVLAPolicy(PolicyBackend):
     def save(self, path: str) -> None:
         """The published layout: config.json, safetensors (+ index), tokenizer, dataset_statistics.json;
         with LoRA, ``lora.export`` chooses merged weights, the adapter alone (peft's layout) or both."""
-        from pcm_openvla import checkpoint
+        from pcm_openvla import build, checkpoint
 
         folder = checkpoint.prepare_folder(path)
         if self.lora is not None and self.lora.export != "merged":
@@ -376,6 +384,7 @@ class OpenVLAPolicy(PolicyBackend):
         checkpoint.save_weights(state, folder, int(self.options.max_shard_size_mb * 2**20))
         config = copy.deepcopy(self.config.raw)
         config["torch_dtype"] = self.options.weights_dtype
+        config[build.IMAGE_COUNT_FIELD] = len(self.options.image_keys)
         checkpoint.write_config(config, folder)
         self.tokenizer.save_pretrained(str(folder))
         self.save_components(folder)
@@ -395,6 +404,7 @@ class OpenVLAOFTPolicy(OpenVLAPolicy):
         from pcm_openvla import build
 
         options: OpenVLAOFTOptions = self.options
+        build.check_proprio_projector(loaded, options.proprio_key)
         projector = build.proprio_projector(loaded, options) if options.proprio_key else None
         if projector is not None:
             projector.requires_grad_(options.train_proprio_projector or self.lora is None)

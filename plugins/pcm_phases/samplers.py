@@ -8,7 +8,7 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from pcm_core.algo.pcm import select_chunks
+from pcm_core.algo.pcm import phase_share_probabilities, sample_exact, select_chunks
 from pcm_core.interfaces import BudgetSampler, Options
 from pcm_core.types import Selection
 from pcm_phases.proxies import NoOptions
@@ -27,17 +27,35 @@ def _real_chunks(phases: Tensor, lengths: Tensor) -> Tensor:
     return steps[None, :] < lengths[:, None]
 
 
-class PCMSampler(BudgetSampler):
-    """PCM: chunk weight ``q[phase]``, inclusion probabilities ``pi_t = min(1, c q)`` summing to
-    ``B_i``, then exactly that many distinct chunks with these marginals."""
+class PCMSamplingOptions(SamplingOptions):
+    allocation: Literal["pooled", "per_phase"] = Field(
+        "pooled", description="pooled: pi_t = min(1, c q[phase]) summing to B_i, budget that short phases cannot use goes "
+        "to the others; per_phase: each visited phase's share B_i q_k / sum q is spread over its chunks and what it "
+        "cannot use is dropped, so a trajectory keeps at most B_i chunks"
+    )
 
-    Options = SamplingOptions
+
+class PCMSampler(BudgetSampler):
+    """PCM: chunk weight ``q[phase]``; inclusion probabilities ``pi_t = min(1, c q)`` summing to
+    ``B_i`` (``pooled``) or each phase's share of ``B_i`` over its chunks (``per_phase``,
+    :func:`~pcm_core.algo.pcm.phase_share_probabilities`); then distinct chunks with exactly these marginals."""
+
+    Options = PCMSamplingOptions
 
     def select(
         self, phases: Tensor, lengths: Tensor, keep_probs: Tensor, budget: Tensor, generator: torch.Generator | None = None
     ) -> Selection:
-        weights = keep_probs.to(phases.device)[phases.clamp(0, keep_probs.numel() - 1)]  # q_{phase(t)}  [N, T]
-        return select_chunks(weights, lengths, budget, generator, self.options.order)
+        if self.options.allocation == "pooled":
+            weights = keep_probs.to(phases.device)[phases.clamp(0, keep_probs.numel() - 1)]  # q_{phase(t)}  [N, T]
+            return select_chunks(weights, lengths, budget, generator, self.options.order)
+        keep = torch.zeros(phases.shape, dtype=torch.bool)
+        inclusion = torch.zeros(phases.shape, dtype=torch.float64)
+        budgets = torch.as_tensor(budget).expand(lengths.shape).tolist()  # B_i
+        for i, length in enumerate(lengths.tolist()):
+            pi = phase_share_probabilities(phases[i, :length], keep_probs, budgets[i])  # pi_t  [T_i]
+            inclusion[i, :length] = pi
+            keep[i, sample_exact(pi, generator, self.options.order)] = True
+        return Selection(keep=keep, inclusion_prob=inclusion)
 
 
 class UniformSampler(BudgetSampler):

@@ -67,7 +67,8 @@ def test_behaviour_cloning_on_demos_lowers_the_token_loss(tmp_path, tiny_folder)
     obs, texts, actions = load_libero_demos(str(tmp_path / "demo.hdf5"), chunk_size=2)
     policy = OpenVLAOFTPolicy(
         OpenVLAOFTPolicy.Options(
-            path=tiny_folder, chunk_size=2, unnorm_key="tabletop", unnormalize_actions=True, gripper="libero"
+            path=tiny_folder, chunk_size=2, unnorm_key="tabletop", unnormalize_actions=True, gripper="libero",
+            image_keys=["image"],
         )
     )
     targets = policy.actions_to_tokens(actions)

@@ -15,6 +15,7 @@ import torch
 from published_keys import L1_HEAD, PROPRIO_PROJECTOR, published_keys
 from tiny_checkpoint import INSTRUCTIONS, NORM_STATS
 
+from pcm_core.errors import ConfigError
 from pcm_openvla.action_tokens import ActionTokenizer, unnormalize
 from pcm_openvla.build import tiny_config
 from pcm_openvla.checkpoint import CheckpointFolderError
@@ -29,7 +30,9 @@ PCM_RUN = str(Path(sys.executable).with_name("pcm-run"))
 
 
 def oft(path: str, **options) -> OpenVLAOFTPolicy:
-    return OpenVLAOFTPolicy(OpenVLAOFTPolicy.Options(**{"path": path, "chunk_size": 2, "unnorm_key": "tabletop", **options}))
+    return OpenVLAOFTPolicy(OpenVLAOFTPolicy.Options(
+        **{"path": path, "chunk_size": 2, "unnorm_key": "tabletop", "image_keys": ["image"], **options}
+    ))
 
 
 # --- names and layout -----------------------------------------------------------------------------
@@ -198,9 +201,40 @@ def test_wrong_unnorm_key_is_one_clear_error(tiny_folder):
     assert lines[1] == "Fix: set policy.options.unnorm_key to one of them"
 
 
+def test_a_camera_the_env_does_not_give_is_an_error_not_a_missing_image(obs):
+    policy = OpenVLAOFTPolicy(OpenVLAOFTPolicy.Options(chunk_size=2))  # reads image and wrist_image by default
+    with pytest.raises(ConfigError) as raised:
+        policy.act(obs, INSTRUCTIONS)
+    lines = str(raised.value).splitlines()
+    assert len(lines) == 2 and "no 'wrist_image'" in lines[0] and "it gives image, proprio" in lines[0]
+    assert lines[1].startswith("Fix: ") and "env.options.wrist_image=true" in lines[1]
+
+
+def test_a_saved_checkpoint_gets_the_number_of_images_it_was_trained_on(tiny_folder):
+    assert json.loads((Path(tiny_folder) / "config.json").read_text())["num_images_in_input"] == 1
+    with pytest.raises(CheckpointFolderError) as raised:
+        oft(tiny_folder, image_keys=["image", "wrist_image"])
+    lines = str(raised.value).splitlines()
+    assert len(lines) == 2 and "trained on 1 image(s)" in lines[0] and "gives 2" in lines[0]
+    assert lines[1] == "Fix: set policy.options.image_keys to 1 camera(s), e.g. [image]"
+
+
+def test_the_proprio_input_follows_the_checkpoint_projector(tiny_folder, tmp_path, obs):
+    """No proprio token from a random projector, no trained projector left unused; without one, proprio_key null loads."""
+    bare = tmp_path / "no-projector"
+    shutil.copytree(tiny_folder, bare)
+    (bare / "proprio_projector--0_checkpoint.pt").unlink()
+    with pytest.raises(CheckpointFolderError, match="has no proprio_projector.*randomly initialised") as raised:
+        oft(str(bare))
+    assert str(raised.value).splitlines()[1].startswith("Fix: set policy.options.proprio_key=null")
+    assert oft(str(bare), proprio_key=None).model.proprio_projector is None
+    with pytest.raises(CheckpointFolderError, match="trained with proprio.*proprio_key is null"):
+        oft(tiny_folder, proprio_key=None)
+
+
 def test_unnormalized_actions_need_a_dataset(tiny_folder):
     with pytest.raises(CheckpointFolderError, match="no unnorm_key was given"):
-        OpenVLAOFTPolicy(OpenVLAOFTPolicy.Options(path=tiny_folder, unnormalize_actions=True))
+        OpenVLAOFTPolicy(OpenVLAOFTPolicy.Options(path=tiny_folder, unnormalize_actions=True, image_keys=["image"]))
 
 
 def test_l1_head_checkpoint_acts_for_evaluation_and_refuses_rl(tiny_folder, obs, tmp_path):
@@ -278,7 +312,7 @@ def test_openvla_token_log_probs_match_a_direct_computation(tiny_folder, obs):
 
 
 def test_oft_chunk_log_prob_is_the_sum_of_its_token_log_probs(tiny_folder, obs):
-    policy = OpenVLAOFTPolicy(OpenVLAOFTPolicy.Options(path=tiny_folder, chunk_size=8))
+    policy = OpenVLAOFTPolicy(OpenVLAOFTPolicy.Options(path=tiny_folder, chunk_size=8, image_keys=["image"]))
     assert policy.tokens_per_chunk == 8 * 7
     out = policy.act(obs, INSTRUCTIONS, generator=torch.Generator().manual_seed(3))
     assert out.actions.shape == (3, 8, 7) and out.logprobs.shape == (3, 56)
@@ -501,7 +535,7 @@ def test_pcm_run_trains_openvla_oft_on_tabletop(tiny_folder, tmp_path):
     proc = subprocess.run(
         [PCM_RUN, "--env", "tabletop", "--policy", "openvla-oft", "--set", f"policy.options.path={tiny_folder}",
          "--set", "policy.options.chunk_size=4", "--set", "policy.options.unnorm_key=tabletop",
-         "--set", "env.options.max_steps=16", "--set", "train.steps=2", "--set", "train.tasks_per_step=2",
+         "--set", "policy.options.image_keys=[image]", "--set", "env.options.max_steps=16", "--set", "train.steps=2", "--set", "train.tasks_per_step=2",
          "--set", "train.group_size=2", "--set", "train.eval_episodes=2", "--set", "train.threads=1",
          "--set", f"train.output_dir={tmp_path}/runs", "--set", "tracking.enabled=false"],
         capture_output=True, text=True, timeout=900, env={**os.environ, "HF_HUB_OFFLINE": "1"},

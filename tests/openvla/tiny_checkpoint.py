@@ -21,8 +21,8 @@ NORM_STATS = {
 
 
 def make_folder(path, shard_mb: float = 0.1) -> str:
-    """Save a tiny random OpenVLA-OFT model (with proprio projector) to ``path`` as several shards."""
-    policy = OpenVLAOFTPolicy(OpenVLAOFTPolicy.Options(chunk_size=2, max_shard_size_mb=shard_mb, seed=3))
+    """Save a tiny random OpenVLA-OFT model (one camera, with proprio projector) to ``path`` as several shards."""
+    policy = OpenVLAOFTPolicy(OpenVLAOFTPolicy.Options(chunk_size=2, max_shard_size_mb=shard_mb, seed=3, image_keys=["image"]))
     policy.config = policy.config.with_norm_stats(NORM_STATS)
     with torch.no_grad():  # a random projector and LayerScale far from zero: every part affects the logits
         for name, parameter in policy.module.named_parameters():
