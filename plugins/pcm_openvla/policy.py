@@ -88,7 +88,7 @@ class OpenVLAOptions(Options):
     weights_dtype: Literal["float32", "bfloat16"] = Field("float32", description="dtype the weights are held in")
     init_device: str = Field("cpu", description="device the model is built on (cuda builds a 7B model fast)")
     image_keys: list[str] = Field(
-        default_factory=lambda: ["image"], description="uint8 image observations, absent keys skipped (OpenVLA was "
+        default_factory=lambda: ["image"], description="uint8 image observations, every one required (OpenVLA was "
         "trained on one third-person camera)"
     )
     center_crop: float | None = Field(
@@ -104,7 +104,7 @@ class OpenVLAOFTOptions(OpenVLAOptions):
 
     chunk_size: int = Field(8, gt=0, description="K: actions decoded in parallel per call (LIBERO: 8)")
     image_keys: list[str] = Field(
-        default_factory=lambda: ["image", "wrist_image"], description="uint8 image observations, absent keys skipped "
+        default_factory=lambda: ["image", "wrist_image"], description="uint8 image observations, every one required "
         "(OpenVLA-OFT on LIBERO: the third-person and the wrist camera)"
     )
     proprio_key: str | None = Field("proprio", description="float observation fed to the proprio projector; None: off")

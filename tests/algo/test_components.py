@@ -130,6 +130,18 @@ def test_pcm_sampler_uses_phase_keep_probabilities(batch):
     assert not bool((selection.keep & (selection.inclusion_prob == 0)).any())  # phase 3 (q = 0) is never kept
 
 
+def test_pcm_sampler_per_phase_allocation_by_hand(batch):
+    sampler = build("sampler", "pcm", allocation="per_phase")
+    selection = sampler.select(progress_phases(batch), batch.lengths, KEEP_PROBS, 2, torch.Generator().manual_seed(0))
+    # T = 9: phases 0,0,0,1,1,2,2,3,3, all visited, q sum 1: shares 2 q = (1.4, 0.4, 0.2, 0) over (3, 2, 2, 2) chunks
+    expected = torch.tensor([1.4 / 3] * 3 + [0.2] * 2 + [0.1] * 2 + [0.0] * 2, dtype=torch.float64)
+    torch.testing.assert_close(selection.inclusion_prob[1], expected, rtol=1e-12, atol=1e-15)
+    # T = 6: phases 0,0,1,2,2,3: shares (1.4, 0.4, 0.2, 0) over (2, 1, 2, 1) chunks
+    expected = torch.tensor([0.7, 0.7, 0.4, 0.1, 0.1, 0.0], dtype=torch.float64)
+    torch.testing.assert_close(selection.inclusion_prob[0, :6], expected, rtol=1e-12, atol=1e-15)
+    assert bool((selection.keep.sum(1) <= 2).all()) and not bool((selection.keep & ~batch.chunk_mask).any())
+
+
 @pytest.mark.parametrize("name", SAMPLERS)
 @pytest.mark.parametrize("estimator, aggregation", [("masked", "token_mean"), ("masked", "seq_mean"), ("iw", "traj_sum")])
 def test_budget_at_least_length_is_grpo_bit_for_bit(batch, name, estimator, aggregation):

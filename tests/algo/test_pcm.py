@@ -8,7 +8,7 @@ from tiny_policy import TinyPolicy, make_batch, naive_grpo_loss, weighted_compac
 
 from pcm_core.algo.grpo import group_advantages
 from pcm_core.algo.pcm import (
-    KeepProbabilities, inclusion_probabilities, sample_exact, select_chunks, trajectory_budgets,
+    KeepProbabilities, inclusion_probabilities, phase_share_probabilities, sample_exact, select_chunks, trajectory_budgets,
 )
 from pcm_core.types import PhaseScores, Selection
 
@@ -132,6 +132,39 @@ def test_empirical_inclusion_frequencies_match_pi(weights, budget, order):
     # power: the frequencies reject a wrong pi, e.g. the uniform B / T
     uniform = torch.full_like(pi, budget / pi.numel())
     assert bool(((frequency - uniform).abs() > 4 * (uniform * (1 - uniform) / draws).sqrt()).any())
+
+
+def test_phase_shares_by_hand():
+    """A failure: 3 approach, 4 align + grasp, 57 toppled chunks; q = (0.45, 0.5, 0.025, 0.025), B = 12.
+    The visited phases' q sum to 0.975: shares 12 * 0.45 / 0.975 = 5.54 (> 3 chunks: all kept),
+    6.15 (> 4: all kept) and 0.308 over the 57 toppled chunks; the 4.7 chunks of share that the short
+    phases cannot use are dropped, not given to the toppled phase."""
+    phases = torch.tensor([0] * 3 + [1] * 4 + [3] * 57)
+    pi = phase_share_probabilities(phases, torch.tensor([0.45, 0.5, 0.025, 0.025]), 12)
+    assert torch.equal(pi[:7], torch.ones(7, dtype=torch.float64))
+    torch.testing.assert_close(pi[7:], torch.full((57,), 12 * 0.025 / 0.975 / 57, dtype=torch.float64))
+    torch.testing.assert_close(pi.sum(), torch.tensor(7 + 12 * 0.025 / 0.975, dtype=torch.float64))
+    pooled = inclusion_probabilities(torch.tensor([0.45, 0.5, 0.025, 0.025])[phases], 12)
+    assert abs(float(pooled.sum()) - 12) < 1e-9 and float(pooled[7:].sum()) > 4.9  # pooled fills 5 from toppled
+    # no visited phase with weight: the budget spreads evenly; a long phase is never over 1
+    assert torch.equal(phase_share_probabilities(torch.tensor([2, 2, 2, 2]), torch.tensor([1.0, 0.0, 0.0]), 2),
+                       torch.full((4,), 0.5, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("order", ["random", "time"])
+def test_a_fractional_total_keeps_exact_marginals_and_a_floor_or_ceiling_count(order):
+    pi = phase_share_probabilities(torch.tensor([0, 0, 1, 1, 1, 1, 1, 1, 2, 2]), torch.tensor([0.7, 0.2, 0.1]), 4)
+    total = float(pi.sum())
+    assert abs(total - round(total)) > 0.1  # 2 + 0.8 + 0.4: not an integer
+    draws, gen = 4_000, torch.Generator().manual_seed(7)
+    kept = torch.zeros(draws, pi.numel(), dtype=torch.bool)
+    for d in range(draws):
+        kept[d, sample_exact(pi, gen, order)] = True
+    counts = kept.sum(1)
+    assert set(counts.tolist()) <= {int(total), int(total) + 1}
+    assert abs(float(counts.double().mean()) - total) < 0.05
+    tolerance = 4 * (pi * (1 - pi) / draws).sqrt() + 1e-12
+    assert bool(((kept.double().mean(0) - pi).abs() <= tolerance).all())
 
 
 def test_time_order_keeps_one_chunk_in_every_unit_of_pi():
