@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import (
-    apply_batch_args, build_policy, collect_batch, config_for, machine, machine_line, make_learner, start_on_batch,
+    EXACT_BUDGET, apply_batch_args, build_policy, collect_batch, config_for, machine, machine_line, make_learner, start_on_batch,
     table, write_outputs,
 )
 from pcm_core.plots import pyplot
@@ -53,7 +53,7 @@ def measure(size: str, micro: int, budgets: list[int], batch, s: dict[str, Any],
     policy = build_policy(config_for("all", 12, size, overrides=overrides), device)
     rows: dict[str, Any] = {}
     for name, sampler, budget in [("all", "all", max(budgets))] + [(f"pcm@{b}", "pcm", b) for b in budgets]:
-        learner = make_learner(policy, config_for(sampler, budget, size, overrides=overrides))
+        learner = make_learner(policy, config_for(sampler, budget, size, overrides=[*overrides, *(EXACT_BUDGET if sampler == "pcm" else [])]))
         metrics = learner.update(batch, StepTimer())
         rows[name] = {
             "kept_chunks": metrics["kept_chunks"],

@@ -98,6 +98,11 @@ SIZED_SETUP = [
 (T = 64, so B = 12 keeps 18.75%), the setup their published figures were taken with."""
 
 
+EXACT_BUDGET = ["pcm.sampler_options.allocation=pooled"]
+"""PCM keeping exactly min(B, T_i) chunks of every trajectory: what the compute benchmarks measure per B
+(the default ``per_phase`` allocation keeps at most that many)."""
+
+
 def config_for(
     sampler: str = "pcm", budget: int = 12, size: str | None = "1m", base: str | Path | None = None, overrides: Sequence[str] = ()
 ) -> RunConfig:

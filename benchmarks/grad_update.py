@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from benchmarks.common import (
-    apply_batch_args, build_policy, collect_batch, config_for, fmt_range, machine, machine_line, make_learner,
+    EXACT_BUDGET, apply_batch_args, build_policy, collect_batch, config_for, fmt_range, machine, machine_line, make_learner,
     start_on_batch, stats, table, write_outputs,
 )
 from pcm_core.plots import pyplot
@@ -82,7 +82,7 @@ def measure_size(size: str, batch, s: dict[str, Any], device: torch.device, log)
     names = ["all"] + [f"pcm@{b}" for b in budgets]
     learners = {"all": make_learner(policy, config_for("all", max(budgets), size, overrides=overrides))}
     for b in budgets:
-        learners[f"pcm@{b}"] = make_learner(policy, config_for("pcm", b, size, overrides=overrides))
+        learners[f"pcm@{b}"] = make_learner(policy, config_for("pcm", b, size, overrides=[*overrides, *EXACT_BUDGET]))
     optimizer = learners["all"].optimizer  # one AdamW for every configuration: identical optimizer work
     for learner in learners.values():
         learner.optimizer = optimizer

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import machine, make_learner, config_for
+from benchmarks.common import EXACT_BUDGET, config_for, machine, make_learner
 from pcm_core.profiling import StepTimer
 from pcm_core.types import RolloutBatch
 
@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     overrides = [f"train.micro_batch_size={args.micro_batch_size}", f"train.dtype={args.dtype}", "train.lr=1e-5",
                  "pcm.segmenter=gripper"]  # synthetic batches carry no env phase labels
     learners = {"grpo": make_learner(policy, config_for("all", args.budget, None, overrides=overrides)),
-                "pcm": make_learner(policy, config_for("pcm", args.budget, None, overrides=overrides))}
+                "pcm": make_learner(policy, config_for("pcm", args.budget, None, overrides=[*overrides, *EXACT_BUDGET]))}
     learners["pcm"].optimizer = learners["grpo"].optimizer  # same AdamW: identical optimizer work
     update(learners["pcm"], batch, device)  # warm-up: AdamW state, allocator, kernels
     samples: dict[str, list[dict[str, float]]] = {"grpo": [], "pcm": []}

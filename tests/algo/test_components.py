@@ -104,7 +104,8 @@ def progress_phases(batch):
 
 @pytest.mark.parametrize("name", SAMPLERS)
 def test_samplers_keep_exactly_the_budget(batch, name):
-    selection = build("sampler", name).select(progress_phases(batch), batch.lengths, KEEP_PROBS, 3, torch.Generator().manual_seed(0))
+    options = {"allocation": "pooled"} if name == "pcm" else {}  # per_phase (pcm's default) keeps at most B
+    selection = build("sampler", name, **options).select(progress_phases(batch), batch.lengths, KEEP_PROBS, 3, torch.Generator().manual_seed(0))
     expected = batch.lengths if name == "all" else batch.lengths.clamp(max=3)
     assert torch.equal(selection.keep.sum(1), expected)
     assert not bool((selection.keep & ~batch.chunk_mask).any())
@@ -118,7 +119,7 @@ def test_topk_keeps_highest_keep_probability_earliest_first():
 
 
 def test_pcm_sampler_uses_phase_keep_probabilities(batch):
-    selection = build("sampler", "pcm").select(progress_phases(batch), batch.lengths, KEEP_PROBS, 2, torch.Generator().manual_seed(0))
+    selection = build("sampler", "pcm", allocation="pooled").select(progress_phases(batch), batch.lengths, KEEP_PROBS, 2, torch.Generator().manual_seed(0))
     # T = 9: phases 0,0,0,1,1,2,2,3,3 (floor(4 t / 9)), q = .7 .7 .7 .2 .2 .1 .1 0 0, sum 2.7:
     # pi = 2 q / 2.7 (none above 1) = (14, 14, 14, 4, 4, 2, 2, 0, 0) / 27
     expected = torch.tensor([14, 14, 14, 4, 4, 2, 2, 0, 0], dtype=torch.float64) / 27
@@ -140,6 +141,11 @@ def test_pcm_sampler_per_phase_allocation_by_hand(batch):
     expected = torch.tensor([0.7, 0.7, 0.4, 0.1, 0.1, 0.0], dtype=torch.float64)
     torch.testing.assert_close(selection.inclusion_prob[0, :6], expected, rtol=1e-12, atol=1e-15)
     assert bool((selection.keep.sum(1) <= 2).all()) and not bool((selection.keep & ~batch.chunk_mask).any())
+    # a budget of the whole trajectory still leaves out what the phases' shares do not cover: T = 9, B = 9
+    # gives shares 9 q = (6.3, 1.8, 0.9, 0) over (3, 2, 2, 2) chunks
+    whole = sampler.select(progress_phases(batch), batch.lengths, KEEP_PROBS, 9, torch.Generator().manual_seed(0))
+    expected = torch.tensor([1.0] * 3 + [0.9] * 2 + [0.45] * 2 + [0.0] * 2, dtype=torch.float64)
+    torch.testing.assert_close(whole.inclusion_prob[1], expected, rtol=1e-12, atol=1e-15)
 
 
 @pytest.mark.parametrize("name", SAMPLERS)
@@ -149,7 +155,8 @@ def test_budget_at_least_length_is_grpo_bit_for_bit(batch, name, estimator, aggr
     independently on the padded batch (and bit for bit what the ``all`` sampler gives)."""
     phases, advantages = progress_phases(batch), group_advantages(batch.rewards, batch.group_index)
     budget = batch.max_chunks
-    selection = build("sampler", name).select(phases, batch.lengths, KEEP_PROBS, budget, torch.Generator().manual_seed(0))
+    options = {"allocation": "pooled"} if name == "pcm" else {}  # per_phase drops low shares even then (below)
+    selection = build("sampler", name, **options).select(phases, batch.lengths, KEEP_PROBS, budget, torch.Generator().manual_seed(0))
     assert torch.equal(selection.keep, batch.chunk_mask)
     assert torch.equal(selection.inclusion_prob, batch.chunk_mask.to(torch.float64))
     policy = TinyPolicy()

@@ -15,7 +15,7 @@ def make_learner(scaling: str) -> Learner:
         TinyBackend(),
         GripperSegmenter(GripperSegmenter.Options(num_phases=2)),
         SuccessFailureProxy(SuccessFailureProxy.Options()),
-        PCMSampler(PCMSampler.Options()),
+        PCMSampler(PCMSampler.Options(allocation="pooled")),  # exactly B_i chunks: the budgets show
         PCMConfig(budget=4, budget_scaling=scaling),
         TrainConfig(),
     )

@@ -15,7 +15,7 @@ from pcm_phases.segmenters import GripperSegmenter
 def make_learner(**train) -> Learner:
     return Learner(
         TinyBackend(), GripperSegmenter(GripperSegmenter.Options(num_phases=2)), SuccessFailureProxy(SuccessFailureProxy.Options()),
-        PCMSampler(PCMSampler.Options()), PCMConfig(budget=2), TrainConfig(**train),
+        PCMSampler(PCMSampler.Options(allocation="pooled")), PCMConfig(budget=2), TrainConfig(**train),
     )
 
 

@@ -308,3 +308,48 @@ def test_the_headline_command_shows_its_preset(policy, checkpoint, capsys):
     out = capsys.readouterr().out
     assert out.startswith(f"preset: libero-{policy} (")
     assert f"path: {checkpoint}" in out and "unnorm_key: libero_spatial" in out and "workers: 16" in out
+
+
+def test_pcm_run_eval_of_a_tiny_openvla_oft_checkpoint(tmp_path, monkeypatch):
+    """`pcm-run eval` on real LIBERO frames: a tiny OpenVLA-OFT checkpoint in the published layout
+    (two cameras, proprio projector, statistics under `libero_spatial_no_noops`), 2 tasks x 2 states."""
+    import json
+    import re
+    import subprocess
+    import sys
+
+    from pcm_core.registry import get_registry
+
+    if get_registry().get("policy", "openvla-oft").missing_modules():
+        pytest.skip("needs the [openvla] extra beside [libero] (tox -e libero-openvla)")
+    from pcm_openvla.policy import OpenVLAOFTPolicy
+
+    policy = OpenVLAOFTPolicy(OpenVLAOFTPolicy.Options(chunk_size=8, seed=3))  # reads image and wrist_image
+    stats = {"action": {"q01": [-1.0] * 7, "q99": [1.0] * 7, "mask": [True] * 6 + [False]},
+             "proprio": {"q01": [-1.0] * 8, "q99": [1.0] * 8}}
+    policy.config = policy.config.with_norm_stats({"libero_spatial_no_noops": stats})
+    policy.save(str(tmp_path / "oft"))
+    log = tmp_path / "eval.log"
+    with log.open("w") as stdout:
+        subprocess.run(
+            [sys.executable, "-m", "pcm_core.cli", "eval", "--env", "libero", "--policy", "openvla-oft",
+             "--set", f"policy.options.path={tmp_path / 'oft'}", "--set", "policy.options.unnorm_key=libero_spatial",
+             "--set", "env.options.wrist_image=true", "--set", "env.options.max_steps=24",
+             *[arg for key, value in FAST.items() for arg in ("--set", f"env.options.{key}={str(value).lower()}")],
+             "--set", "train.sft.enabled=false", "--set", "train.tasks_per_step=1", "--set", "train.group_size=2",
+             "--set", "evaluation.tasks=[0,1]", "--set", "evaluation.episodes_per_task=2",
+             "--set", "evaluation.videos_per_task=1", "--set", f"train.output_dir={tmp_path / 'runs'}",
+             "--set", "tracking.enabled=false"],
+            stdout=stdout, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=900,
+            env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"}, check=False,
+        )
+    assert "evaluating" in log.read_text(), log.read_text()[-3000:]
+    (folder,) = (tmp_path / "runs").iterdir()
+    report = json.loads((folder / "eval.json").read_text())
+    assert [t["task"] for t in report["tasks"]] == [0, 1] and [t["episodes"] for t in report["tasks"]] == [2, 2]
+    assert report["episodes"] == 4 and report["greedy"] is True
+    assert report["fingerprint"]["version.mujoco"] == "3.3.2" and "version.torch" in report["fingerprint"]
+    table = (folder / "eval.md").read_text()
+    assert "Wilson 95%" in table and "| 0 | pick up the black bowl" in table
+    names = sorted(p.name for p in (folder / "videos").iterdir())
+    assert [re.fullmatch(r"eval_step000000_task(\d)_init0_(success|failure)\.mp4", n).group(1) for n in names] == ["0", "1"]
