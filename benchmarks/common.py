@@ -99,8 +99,8 @@ SIZED_SETUP = [
 
 
 EXACT_BUDGET = ["pcm.sampler_options.allocation=pooled"]
-"""PCM keeping exactly min(B, T_i) chunks of every trajectory: what the compute benchmarks measure per B
-(the default ``per_phase`` allocation keeps at most that many)."""
+"""PCM keeping exactly min(B, T_i) chunks of every trajectory, whatever the default allocation: what the
+compute benchmarks measure per B (``per_phase`` keeps at most that many)."""
 
 
 def config_for(

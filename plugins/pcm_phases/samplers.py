@@ -29,9 +29,9 @@ def _real_chunks(phases: Tensor, lengths: Tensor) -> Tensor:
 
 class PCMSamplingOptions(SamplingOptions):
     allocation: Literal["pooled", "per_phase"] = Field(
-        "per_phase", description="per_phase: each visited phase's share B_i q_k / sum q is spread over its chunks and what "
-        "it cannot use is dropped, so a trajectory keeps at most B_i chunks; pooled [paper]: pi_t = min(1, c q[phase]) "
-        "summing to B_i, the budget that short phases cannot use goes to the others (exactly B_i chunks)"
+        "pooled", description="pooled [paper]: pi_t = min(1, c q[phase]) summing to B_i, the budget that short phases "
+        "cannot use goes to the others (exactly B_i chunks); per_phase: each visited phase's share B_i q_k / sum q is "
+        "spread over its chunks and what it cannot use is dropped, so a trajectory keeps at most B_i chunks"
     )
 
 

@@ -104,7 +104,7 @@ def progress_phases(batch):
 
 @pytest.mark.parametrize("name", SAMPLERS)
 def test_samplers_keep_exactly_the_budget(batch, name):
-    options = {"allocation": "pooled"} if name == "pcm" else {}  # per_phase (pcm's default) keeps at most B
+    options = {"allocation": "pooled"} if name == "pcm" else {}  # per_phase keeps at most B
     selection = build("sampler", name, **options).select(progress_phases(batch), batch.lengths, KEEP_PROBS, 3, torch.Generator().manual_seed(0))
     expected = batch.lengths if name == "all" else batch.lengths.clamp(max=3)
     assert torch.equal(selection.keep.sum(1), expected)
