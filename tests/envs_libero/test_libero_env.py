@@ -331,10 +331,11 @@ def test_pcm_run_eval_of_a_tiny_openvla_oft_checkpoint(tmp_path, monkeypatch):
     policy.save(str(tmp_path / "oft"))
     log = tmp_path / "eval.log"
     with log.open("w") as stdout:
-        subprocess.run(
-            [sys.executable, "-m", "pcm_core.cli", "eval", "--env", "libero", "--policy", "openvla-oft",
-             "--set", f"policy.options.path={tmp_path / 'oft'}", "--set", "policy.options.unnorm_key=libero_spatial",
-             "--set", "env.options.wrist_image=true", "--set", "env.options.max_steps=24",
+        result = subprocess.run(
+            [sys.executable, "-m", "pcm_core.cli", "eval", "--config", "configs/libero_openvla_oft_eval.yaml",
+             "--set", f"policy.options.path={tmp_path / 'oft'}", "--set", "policy.options.action_head=tokens",
+             "--set", "policy.options.weights_dtype=float32", "--set", "train.device=cpu",
+             "--set", "train.dtype=float32", "--set", "env.workers=0", "--set", "env.options.max_steps=24",
              *[arg for key, value in FAST.items() for arg in ("--set", f"env.options.{key}={str(value).lower()}")],
              "--set", "train.sft.enabled=false", "--set", "train.tasks_per_step=1", "--set", "train.group_size=2",
              "--set", "evaluation.tasks=[0,1]", "--set", "evaluation.episodes_per_task=2",
@@ -343,7 +344,7 @@ def test_pcm_run_eval_of_a_tiny_openvla_oft_checkpoint(tmp_path, monkeypatch):
             stdout=stdout, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=900,
             env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"}, check=False,
         )
-    assert "evaluating" in log.read_text(), log.read_text()[-3000:]
+    assert result.returncode == 0 and "eval success: " in log.read_text(), log.read_text()[-3000:]
     (folder,) = (tmp_path / "runs").iterdir()
     report = json.loads((folder / "eval.json").read_text())
     assert [t["task"] for t in report["tasks"]] == [0, 1] and [t["episodes"] for t in report["tasks"]] == [2, 2]
