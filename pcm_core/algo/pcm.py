@@ -8,7 +8,7 @@ Shapes: ``N`` trajectories, ``T`` chunks (padded), ``P`` phases, ``L`` tokens pe
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Callable, Literal
 
 import torch
 from torch import Tensor
@@ -210,14 +210,20 @@ def sample_exact(pi: Tensor, generator: torch.Generator | None = None, order: Sa
     return laid[hit].sort().values
 
 
+ProbabilityRule = Callable[[Tensor, int], Tensor]
+"""``rule(values, B_i)``: one trajectory's per-chunk values ``[T_i]`` and budget -> ``pi`` ``[T_i]``."""
+
+
 def select_chunks(
-    chunk_weights: Tensor, lengths: Tensor, budget: Tensor | int, generator: torch.Generator | None = None,
-    order: SampleOrder = "random",
+    values: Tensor, lengths: Tensor, budget: Tensor | int, generator: torch.Generator | None = None,
+    order: SampleOrder = "random", rule: ProbabilityRule = inclusion_probabilities,
 ) -> Selection:
-    """Per trajectory: ``inclusion_probabilities`` then ``sample_exact`` over its real chunks.
+    """Per trajectory: ``pi = rule(values of its real chunks, B_i)``, then ``sample_exact(pi)``.
 
     Args:
-        chunk_weights: ``[N, T]`` non-negative weights (values on padding are ignored).
+        values: ``[N, T]`` what ``rule`` reads per chunk: non-negative weights for the default
+            :func:`inclusion_probabilities`, phase ids for :func:`phase_share_probabilities`
+            (values on padding are ignored).
         lengths: ``[N]`` real chunks ``T_i``.
         budget: ``[N]`` chunks to keep of each trajectory, or one B for all.
 
@@ -225,11 +231,11 @@ def select_chunks(
         A :class:`Selection` with ``keep`` ``[N, T]`` and float64 ``inclusion_prob`` ``[N, T]``
         (False and 0 on padding).
     """
-    keep = torch.zeros(chunk_weights.shape, dtype=torch.bool)
-    inclusion = torch.zeros(chunk_weights.shape, dtype=torch.float64)
+    keep = torch.zeros(values.shape, dtype=torch.bool)
+    inclusion = torch.zeros(values.shape, dtype=torch.float64)
     budgets = torch.as_tensor(budget).expand(lengths.shape).tolist()  # B_i
     for i, length in enumerate(lengths.tolist()):
-        pi = inclusion_probabilities(chunk_weights[i, :length], budgets[i])  # pi_t  [T_i]
+        pi = rule(values[i, :length], budgets[i])  # pi_t  [T_i]
         inclusion[i, :length] = pi
         keep[i, sample_exact(pi, generator, order)] = True
     return Selection(keep=keep, inclusion_prob=inclusion)

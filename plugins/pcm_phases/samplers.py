@@ -8,7 +8,7 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from pcm_core.algo.pcm import phase_share_probabilities, sample_exact, select_chunks
+from pcm_core.algo.pcm import phase_share_probabilities, select_chunks
 from pcm_core.interfaces import BudgetSampler, Options
 from pcm_core.types import Selection
 from pcm_phases.proxies import NoOptions
@@ -48,14 +48,11 @@ class PCMSampler(BudgetSampler):
         if self.options.allocation == "pooled":
             weights = keep_probs.to(phases.device)[phases.clamp(0, keep_probs.numel() - 1)]  # q_{phase(t)}  [N, T]
             return select_chunks(weights, lengths, budget, generator, self.options.order)
-        keep = torch.zeros(phases.shape, dtype=torch.bool)
-        inclusion = torch.zeros(phases.shape, dtype=torch.float64)
-        budgets = torch.as_tensor(budget).expand(lengths.shape).tolist()  # B_i
-        for i, length in enumerate(lengths.tolist()):
-            pi = phase_share_probabilities(phases[i, :length], keep_probs, budgets[i])  # pi_t  [T_i]
-            inclusion[i, :length] = pi
-            keep[i, sample_exact(pi, generator, self.options.order)] = True
-        return Selection(keep=keep, inclusion_prob=inclusion)
+
+        def phase_shares(trajectory_phases: Tensor, trajectory_budget: int) -> Tensor:
+            return phase_share_probabilities(trajectory_phases, keep_probs, trajectory_budget)
+
+        return select_chunks(phases, lengths, budget, generator, self.options.order, rule=phase_shares)
 
 
 class UniformSampler(BudgetSampler):
