@@ -92,7 +92,13 @@ class OpenVLAOptions(Options):
         "trained on one third-person camera)"
     )
     center_crop: float | None = Field(
-        None, gt=0.0, le=1.0, description="keep the centred crop with this area fraction first (published LIBERO eval: 0.9)"
+        None, gt=0.0, le=1.0, description="keep the centred crop with this area fraction (published LIBERO eval: 0.9)"
+    )
+    image_chain: Literal["published", "direct"] = Field(
+        "published", description="published: each frame as the published training data and LIBERO evaluations "
+        "prepare it (JPEG round trip, lanczos3 resize to the vision backbone's side, then center_crop as a "
+        "crop-and-resize; pcm_openvla.processing.published_image); direct: center_crop cut from the frame, then one "
+        "bicubic resize (cheaper, 3-4.5 grey levels off the published chain on LIBERO frames)"
     )
     temperature: float = Field(1.0, gt=0.0, description="softmax temperature of the action-token distribution")
     seed: int = Field(0, ge=0, description="seed of a random initialisation")
@@ -230,13 +236,21 @@ class OpenVLAPolicy(PolicyBackend):
             self._prompt_cache[instruction] = ids
         return self._prompt_cache[instruction]
 
+    def pixels(self, images: Tensor) -> list[Tensor]:
+        """uint8 ``[B, H, W, 3]`` frames -> one normalised ``[B, 3, S_k, S_k]`` per featurizer,
+        through ``options.image_chain``."""
+        from pcm_openvla.processing import pixel_values, published_image
+
+        specs, sizes, crop = self.config.vision_specs, self.config.image_sizes, self.options.center_crop
+        if self.options.image_chain == "published":
+            return pixel_values(published_image(images, sizes[0], crop), specs, sizes)
+        return pixel_values(images, specs, sizes, crop)
+
     def prefix(self, obs: dict[str, Tensor], instructions: list[str]) -> tuple[Tensor, Tensor]:
         """Embeddings ``[B, N, h]`` and mask ``[B, N]`` of ``<s>``, images, (proprio), prompt.
 
         Prompts are left-padded after the images so every sequence ends at the same position.
         """
-        from pcm_openvla.processing import pixel_values
-
         vla, device = self.vla, self.device
         keys = self.options.image_keys
         missing = [key for key in keys if key not in obs]
@@ -249,8 +263,7 @@ class OpenVLAPolicy(PolicyBackend):
             )
         images = torch.stack([obs[key] for key in keys], dim=1)  # [B, n, H, W, 3]
         batch = images.shape[0]
-        pixels = pixel_values(images.flatten(0, 1), self.config.vision_specs, self.config.image_sizes,
-                              self.options.center_crop)
+        pixels = self.pixels(images.flatten(0, 1))
         dtype = next(vla.language_model.parameters()).dtype
         visual = vla.image_tokens([p.to(device, dtype) for p in pixels], len(keys))  # [B, n N_p, h]
         extra = self.extra_tokens(obs, visual)  # [B, E, h]

@@ -262,11 +262,9 @@ def test_l1_head_checkpoint_acts_for_evaluation_and_refuses_rl(tiny_folder, obs,
 def _direct_oft_log_probs(policy: OpenVLAOFTPolicy, obs, index: int, tokens: torch.Tensor) -> torch.Tensor:
     """One unpadded sequence built by hand and read by the bare Llama: [<s>, patches, proprio,
     prompt, 0 x L, </s>], all positions attending to all."""
-    from pcm_openvla.processing import pixel_values
-
     vla, length = policy.vla, policy.tokens_per_chunk
     single = {k: v[index : index + 1] for k, v in obs.items()}
-    pixels = pixel_values(single["image"], policy.config.vision_specs, policy.config.image_sizes)
+    pixels = policy.pixels(single["image"])
     patches = vla.projector(vla.vision_backbone(pixels))
     proprio = torch.nn.functional.pad(single["proprio"], (0, 3))  # stats q01 -1, q99 1: unchanged
     proprio_token = policy.model.proprio_projector(proprio)[:, None]
@@ -298,11 +296,9 @@ def test_openvla_token_log_probs_match_a_direct_computation(tiny_folder, obs):
     assert bool(((out.tokens >= 64) & (out.tokens < 320)).all())
     scored = policy.log_probs(obs, INSTRUCTIONS, out.tokens)
     torch.testing.assert_close(scored, out.logprobs, rtol=0, atol=1e-5)
-    from pcm_openvla.processing import pixel_values
-
     vla = policy.vla
     for i in range(3):  # causal teacher forcing on one unpadded sequence
-        pixels = pixel_values(obs["image"][i : i + 1], policy.config.vision_specs, policy.config.image_sizes)
+        pixels = policy.pixels(obs["image"][i : i + 1])
         ids = torch.tensor([policy.prompt_ids(INSTRUCTIONS[i]) + out.tokens[i].tolist()])
         text = vla.embed_ids(ids)
         sequence = torch.cat([text[:, :1], vla.projector(vla.vision_backbone(pixels)), text[:, 1:]], 1)
