@@ -103,8 +103,8 @@ def lanczos3_resize(frames: Tensor, size: int) -> Tensor:
     antialiasing, rounded half to even and clipped."""
     rows = lanczos3_weights(frames.shape[1], size).to(frames.device)  # [size, H]
     cols = lanczos3_weights(frames.shape[2], size).to(frames.device)  # [size, W]
-    resized = torch.einsum("yh,bhwc,xw->byxc", rows, frames.float(), cols)
-    return resized.round().clamp(0, 255).to(torch.uint8)
+    resized = rows @ frames.permute(0, 3, 1, 2).float() @ cols.T  # [B, 3, size, size]
+    return resized.permute(0, 2, 3, 1).round().clamp(0, 255).to(torch.uint8)
 
 
 def crop_and_resize(frames: Tensor, crop_area: float) -> Tensor:
@@ -116,13 +116,14 @@ def crop_and_resize(frames: Tensor, crop_area: float) -> Tensor:
     low = (1.0 - side) / 2.0
     where = low * (size - 1) + torch.arange(size, dtype=torch.float32) * ((side * (size - 1)) / (size - 1))  # [S]
     lower, upper = where.floor().long(), where.ceil().long()
-    frac = (where - lower).to(frames.device)  # [S]
-    pixels = frames.float() * (1.0 / 255.0)  # [B, S, S, 3] in [0, 1]
-    left, right = pixels[:, :, lower], pixels[:, :, upper]  # columns  [B, S, S, 3]
-    across = left + (right - left) * frac[None, None, :, None]
-    top, bottom = across[:, lower], across[:, upper]  # rows
-    out = (top + (bottom - top) * frac[None, :, None, None]).clamp(0.0, 1.0)
-    return (out * 255.5).clamp(0, 255).to(torch.uint8)
+    frac = where - lower  # [S]
+    bilinear = torch.zeros(size, size)  # row i: (1 - frac_i) at lower_i, frac_i at upper_i
+    bilinear[torch.arange(size), lower] += 1.0 - frac
+    bilinear[torch.arange(size), upper] += frac
+    bilinear = bilinear.to(frames.device)
+    pixels = frames.permute(0, 3, 1, 2).float() * (1.0 / 255.0)  # [B, 3, S, S] in [0, 1]
+    out = (bilinear @ pixels @ bilinear.T).clamp(0.0, 1.0)
+    return (out * 255.5).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
 
 
 def published_image(frames: Tensor, size: int = 224, crop_area: float | None = 0.9) -> Tensor:
