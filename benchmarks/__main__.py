@@ -33,6 +33,8 @@ def parser() -> argparse.ArgumentParser:
                    "autocast dtype on CUDA (train.dtype; default float32)")
     p.add_argument("--config", type=Path, help="gradient_noise, warm_starts: a pcm-run YAML config to measure instead of the embedded default")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="warm_starts: a config override, as pcm-run's --set (repeatable)")
+    p.add_argument("--pcm-set", action="append", metavar="KEY=VALUE", help="time_to_success: a config override for "
+                   "the PCM runs only, a lever measured against plain GRPO (repeatable)")
     p.add_argument("--seed-list", help="warm_starts, time_to_success: comma-separated seeds instead of 0..seeds-1")
     p.add_argument("--budgets", help="grad_update: comma-separated budgets B for every size instead of the defaults; "
                    "gradient_noise: pcm at these B instead of its variants; time_to_success: PCM's one B (default 12)")

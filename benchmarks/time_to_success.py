@@ -53,6 +53,7 @@ def settings(quick: bool, args: argparse.Namespace | None = None) -> dict[str, A
         "target": None,
         "final_evals": FINAL_EVALS,
         "pcm_budget": None,  # None: configs/quickstart.yaml's (12)
+        "pcm_overrides": [],  # a lever on the PCM runs only; GRPO stays the reference
     }
     if args is not None:
         if getattr(args, "seeds", None):
@@ -67,6 +68,7 @@ def settings(quick: bool, args: argparse.Namespace | None = None) -> dict[str, A
             if not args.budgets.isdigit():
                 raise SystemExit(f"time_to_success takes one budget, got --budgets {args.budgets}.\nFix: e.g. --budgets 24")
             s["pcm_budget"] = int(args.budgets)
+        s["pcm_overrides"] += list(getattr(args, "pcm_set", None) or [])
         if getattr(args, "tiny", False):
             s["seeds"] = [0]
             s["grpo_steps"] = 1
@@ -84,6 +86,8 @@ def one_run(method: str, seed: int, s: dict[str, Any], workdir: Path, cache_dir:
         overrides.append(f"train.sft.cache_dir={cache_dir}")
     if method == "pcm" and s["pcm_budget"] is not None:
         overrides.append(f"pcm.budget={s['pcm_budget']}")
+    if method == "pcm":
+        overrides += s.get("pcm_overrides", [])
     config = load_config(METHODS[method], overrides)
     started = time.perf_counter()
     result = train_to_end(config)
@@ -232,7 +236,9 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         f"{machine_line(m, result['device'])} {result['seeds']} seed(s) per method, each from its own warm start; "
         f"PCM budget B={pcm_budget}; "
-        f"overrides {result['settings']['overrides']}. {result['note']}.",
+        f"overrides {result['settings']['overrides']}"
+        + (f", PCM only {result['settings']['pcm_overrides']}" if result["settings"].get("pcm_overrides") else "")
+        + f". {result['note']}.",
         "",
         table(["method", "RL steps", "reached", "time to target s, median over seeds", "final success (mean +- SE over seeds)", "train s",
                *(f"{n} s/step" for n in SPLIT)], rows),

@@ -133,7 +133,7 @@ VALUE_CHECKS = {
 
 @pytest.mark.parametrize("name", list(EXPECTED_KEYS))
 def test_benchmark_tiny_writes_outputs(name, tmp_path):
-    budget = ["--budgets", "3"] if name == "time_to_success" else []  # PCM's B, GRPO keeps everything
+    budget = ["--budgets", "3", "--pcm-set", "train.kl_coef=0.01"] if name == "time_to_success" else []  # PCM's B and a lever
     assert main([name, "--quick", "--tiny", *budget, "--out", str(tmp_path)]) == 0
     for suffix in ("json", "md", "png"):
         path = tmp_path / f"{name}.{suffix}"
@@ -159,6 +159,7 @@ def test_benchmark_tiny_writes_outputs(name, tmp_path):
         assert {run["config"]["train"]["sft"]["seed"] for run in result["runs"]} == {None} and result["seeds"] == 1
         assert {run["method"]: (run["config"]["pcm"]["sampler"], run["config"]["pcm"]["budget"])
                 for run in result["runs"]}["pcm"] == ("pcm", 3)
+        assert {run["method"]: run["config"]["train"]["kl_coef"] for run in result["runs"]} == {"grpo": 0.0, "pcm": 0.01}
 
 
 def test_grad_update_differs_only_in_kept_chunks(tmp_path):
