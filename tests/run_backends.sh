@@ -4,7 +4,7 @@
 # as root (or with sudo) on Debian 12 (plugins/pcm_maniskill/install_vulkan.sh, idempotent).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ENVS=${PCM_BACKEND_ENVS:-libero,libero-openvla,maniskill,openvla,distributed}
+ENVS=${PCM_BACKEND_ENVS:-libero,libero-alone,maniskill,openvla,distributed}
 if [[ ,$ENVS, == *,maniskill,* ]]; then
     plugins/pcm_maniskill/install_vulkan.sh
 fi

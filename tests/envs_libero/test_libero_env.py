@@ -303,7 +303,7 @@ def test_the_headline_command_shows_its_preset(policy, checkpoint, capsys):
     from pcm_core.registry import get_registry
 
     if get_registry().get("policy", policy).missing_modules():
-        pytest.skip("needs the [openvla] extra beside [libero] (tox -e libero-openvla)")
+        pytest.skip("needs the [openvla] extra beside [libero] (tox -e libero)")
     main(["--env", "libero", "--policy", policy, "--dry-run"])
     out = capsys.readouterr().out
     assert out.startswith(f"preset: libero-{policy} (")
@@ -321,7 +321,7 @@ def test_pcm_run_eval_of_a_tiny_openvla_oft_checkpoint(tmp_path, monkeypatch):
     from pcm_core.registry import get_registry
 
     if get_registry().get("policy", "openvla-oft").missing_modules():
-        pytest.skip("needs the [openvla] extra beside [libero] (tox -e libero-openvla)")
+        pytest.skip("needs the [openvla] extra beside [libero] (tox -e libero)")
     from pcm_openvla.policy import OpenVLAOFTPolicy
 
     policy = OpenVLAOFTPolicy(OpenVLAOFTPolicy.Options(chunk_size=8, seed=3))  # reads image and wrist_image
