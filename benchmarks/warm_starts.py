@@ -107,6 +107,8 @@ def from_time_to_success(result: dict[str, Any], method: str, steps: int) -> dic
         })
     config = str(TIME_TO_SUCCESS_METHODS[method].relative_to(CONFIGS.parent))
     overrides = [o for o in result["settings"]["overrides"] if not o.startswith(("train.eval_every", "train.sft.seed"))]
+    if method == "pcm":  # a lever measured against plain GRPO (time_to_success --pcm-set)
+        overrides += result["settings"].get("pcm_overrides", [])
     s = {"config": config, "seeds": [r["seed"] for r in runs], "eval_episodes": runs[0]["config"]["train"]["eval_episodes"],
          "overrides": overrides, "read_off": f"time_to_success, {method}'s runs, steps 0-{steps}"}
     return {"benchmark": "warm_starts", "machine": result["machine"], "device": result["device"], "settings": s,

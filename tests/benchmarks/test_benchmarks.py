@@ -372,14 +372,17 @@ def test_warm_starts_read_off_time_to_success_runs():
     history = [{"step": k, "success_rate": 0.1 * k, "entropy": 0.5 + 0.01 * k, "kept_chunk_fraction": 0.2} for k in range(1, 11)]
     run = {"method": "pcm", "seed": 3, "curve": [(0, 0.0, 0.25), (5, 40.0, 0.5), (10, 80.0, 0.75)], "history": history,
            "config": {"train": {"eval_episodes": 192, "steps": 10}}}
-    result = {"runs": [run, {**run, "method": "grpo"}], "settings": {"overrides": ["train.eval_every=5", "train.sft.seed=null"]},
-              "machine": {}, "device": "cpu", "duration_s": 1.0}
+    result = {"runs": [run, {**run, "method": "grpo"}], "machine": {}, "device": "cpu", "duration_s": 1.0,
+              "settings": {"overrides": ["train.eval_every=5", "train.sft.seed=null", "train.eval_episodes=192"],
+                           "pcm_overrides": ["train.kl_coef=0.01"]}}
     out = from_time_to_success(result, "pcm", 5)
     (row,) = out["runs"]
     assert (row["seed"], row["start_success"], row["end_success"]) == (3, 0.25, 0.5)
     assert row["gain_points"] == pytest.approx(25.0) and out["min_gain_points"] == pytest.approx(25.0)
     assert row["entropy_first"] == row["entropy_last"] == pytest.approx(0.53)  # steps 1-5 both ways
     assert row["train_s"] == 40.0 and row["config"]["train"]["steps"] == 5 and out["seeds"] == 1
+    assert out["settings"]["overrides"] == ["train.eval_episodes=192", "train.kl_coef=0.01"]  # the PCM lever shows
+    assert from_time_to_success(result, "grpo", 5)["settings"]["overrides"] == ["train.eval_episodes=192"]
     with pytest.raises(SystemExit, match="no evaluation at step 7"):
         from_time_to_success(result, "pcm", 7)
 
