@@ -115,6 +115,17 @@ def from_time_to_success(result: dict[str, Any], method: str, steps: int) -> dic
             **summarize(runs), "runs": runs, "duration_s": result["duration_s"]}
 
 
+def merge(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """One result from ``warm_starts`` runs on disjoint seed lists (the same settings otherwise),
+    e.g. processes sharing a 2-core machine: their runs summarised together, in seed order."""
+    seeds = [r["seed"] for result in results for r in result["runs"]]
+    if len(set(seeds)) != len(seeds):
+        raise SystemExit(f"warm_starts results to merge share seeds: {sorted(seeds)}.\nFix: merge runs of disjoint --seed-list")
+    runs = sorted((r for result in results for r in result["runs"]), key=lambda r: r["seed"])
+    return {**results[0], "settings": {**results[0]["settings"], "seeds": sorted(seeds)}, **summarize(runs), "runs": runs,
+            "duration_s": max(result["duration_s"] for result in results), "merged_from": len(results)}
+
+
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     gains = [r["gain_points"] for r in runs]
     return {
@@ -246,17 +257,22 @@ def paired_figure(result: dict[str, Any]):
     return fig
 
 
-if __name__ == "__main__":  # python -m benchmarks.warm_starts NAME=RESULT.json ... [--steps N] [--out DIR]
+if __name__ == "__main__":  # python -m benchmarks.warm_starts NAME=RESULT.json[,MORE.json] ... [--steps N] [--out DIR]
     import json
     import sys
 
     # RESULT.json: a warm_starts result, or a time_to_success result whose method NAME is read off
-    # its first N steps (default 50), which also writes that method's own warm_starts_NAME files
+    # its first N steps (default 50), which also writes that method's own warm_starts_NAME files;
+    # comma-separated warm_starts results of disjoint seed lists are merged first (warm_starts_NAME files)
     out = Path(sys.argv[sys.argv.index("--out") + 1]) if "--out" in sys.argv else Path("benchmarks/results")
     steps = int(sys.argv[sys.argv.index("--steps") + 1]) if "--steps" in sys.argv else 50
     named = {}
-    for name, path in (arg.split("=", 1) for arg in sys.argv[1:] if "=" in arg):
-        loaded = json.loads(Path(path).read_text())
+    for name, paths in (arg.split("=", 1) for arg in sys.argv[1:] if "=" in arg):
+        if "," in paths:
+            loaded = merge([json.loads(Path(path).read_text()) for path in paths.split(",")])
+            write_outputs(out, f"warm_starts_{name}", loaded, markdown(loaded), figure(loaded))
+        else:
+            loaded = json.loads(Path(paths).read_text())
         if loaded["benchmark"] == "time_to_success":
             loaded = from_time_to_success(loaded, name, steps)
             write_outputs(out, f"warm_starts_{name}", loaded, markdown(loaded), figure(loaded))

@@ -387,6 +387,22 @@ def test_warm_starts_read_off_time_to_success_runs():
         from_time_to_success(result, "pcm", 7)
 
 
+def test_warm_starts_merges_disjoint_seed_lists():
+    from benchmarks.warm_starts import merge
+
+    def result(*gains):
+        runs = [{"seed": seed, "gain_points": gain, "entropy_rise": 0.01 * seed, "start_success": 0.3,
+                 "end_success": 0.3 + gain / 100} for seed, gain in gains]
+        return {"benchmark": "warm_starts", "settings": {"seeds": [s for s, _ in gains]}, "runs": runs, "duration_s": 10.0 * len(runs)}
+
+    merged = merge([result((3, 25.0), (4, 15.0)), result((0, 30.0))])
+    assert [r["seed"] for r in merged["runs"]] == [0, 3, 4] and merged["settings"]["seeds"] == [0, 3, 4]
+    assert (merged["seeds"], merged["min_gain_points"], merged["max_entropy_rise"]) == (3, 15.0, pytest.approx(0.04))
+    assert merged["duration_s"] == 20.0 and merged["merged_from"] == 2
+    with pytest.raises(SystemExit, match="share seeds"):
+        merge([result((0, 1.0)), result((0, 2.0))])
+
+
 def test_time_to_success_merges_disjoint_seed_lists():
     from benchmarks.time_to_success import merge, settings
 
