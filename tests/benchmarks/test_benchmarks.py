@@ -83,7 +83,6 @@ def check_grad_update(result):
 
 def check_ablations(result):
     budget, trajectories = result["settings"]["budget"], result["settings"]["groups"] * result["settings"]["group_size"]
-    resamples = result["settings"]["resamples"]
     assert result["full_gradient_norm2"] > 0
     variants = result["variants"]
     for name, v in variants.items():
