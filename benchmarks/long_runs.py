@@ -30,6 +30,9 @@ WINDOW = 3
 LINE_POINTS = 5.0
 """The fall a run is held to (points below its best so far)."""
 
+NOISE_DRAWS = 20000
+"""Simulated evaluation histories per run for the noise-alone falls."""
+
 
 def largest_fall(values: list[float]) -> float:
     """The largest ``best so far - value`` over the sequence (0 for a sequence that never falls)."""
@@ -53,7 +56,7 @@ def never_falling(values: list[float], window: int = WINDOW) -> list[float]:
     return [max(centred[: i + 1]) for i in range(len(centred))]
 
 
-def noise_falls(curve: list[float], episodes: int, draws: int = 20000, seed: int = 0) -> dict[str, float]:
+def noise_falls(curve: list[float], episodes: int, draws: int = NOISE_DRAWS, seed: int = 0) -> dict[str, float]:
     """Falls from evaluation noise alone: each evaluation of a policy whose true success is
     ``curve`` (``[E]``) drawn as ``Binomial(episodes, curve_e) / episodes``, ``draws`` times.
 
@@ -119,7 +122,7 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         f"*Noise alone*: the falls a policy that never gets worse would show, its true success the running best of the "
         f"run's centred {WINDOW}-evaluation mean, each evaluation a binomial draw of {result['episodes']} episodes "
-        f"(mean over 20000 draws, and the share of draws that stay within {LINE_POINTS:g} points of the best so far).",
+        f"(mean over {NOISE_DRAWS} draws, and the share of draws that stay within {LINE_POINTS:g} points of the best so far).",
     ])
 
 

@@ -84,10 +84,10 @@ def one_run(method: str, seed: int, s: dict[str, Any], workdir: Path, cache_dir:
                  f"train.output_dir={workdir / method}"]
     if cache_dir:
         overrides.append(f"train.sft.cache_dir={cache_dir}")
-    if method == "pcm" and s["pcm_budget"] is not None:
-        overrides.append(f"pcm.budget={s['pcm_budget']}")
-    if method == "pcm":
-        overrides += s.get("pcm_overrides", [])
+    if method == "pcm":  # PCM's budget and a lever; GRPO stays the reference
+        if s["pcm_budget"] is not None:
+            overrides.append(f"pcm.budget={s['pcm_budget']}")
+        overrides += s["pcm_overrides"]
     config = load_config(METHODS[method], overrides)
     started = time.perf_counter()
     result = train_to_end(config)
