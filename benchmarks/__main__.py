@@ -35,7 +35,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="warm_starts: a config override, as pcm-run's --set (repeatable)")
     p.add_argument("--pcm-set", action="append", metavar="KEY=VALUE", help="time_to_success: a config override for "
                    "the PCM runs only, a lever measured against plain GRPO (repeatable)")
-    p.add_argument("--seed-list", help="warm_starts, time_to_success: comma-separated seeds instead of 0..seeds-1")
+    p.add_argument("--seed-list", help="warm_starts, time_to_success, ablations: comma-separated seeds instead of 0..seeds-1")
     p.add_argument("--budgets", help="grad_update: comma-separated budgets B for every size instead of the defaults; "
                    "gradient_noise: pcm at these B instead of its variants; time_to_success: PCM's one B (default 12)")
     p.add_argument("--repeats", type=int, help="repeats per configuration instead of the defaults")
