@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -12,6 +13,7 @@ from torch import Tensor
 
 from pcm_core.errors import PcmError
 from pcm_core.interfaces import EnvBackend, PolicyBackend
+from pcm_core.profiling import synchronize
 from pcm_core.types import PolicyOutput, RolloutBatch
 
 LOST_RETRIES = 2
@@ -136,12 +138,16 @@ def _run_episodes(
     lengths = np.zeros(num_trajectories, dtype=np.int64)
     steps: list[dict[str, Tensor]] = []
     infos: list[dict[str, np.ndarray]] = []
+    policy_s = 0.0
 
     for _ in range(max_chunks):
         if not alive.any():
             break
         obs_t = obs_to_tensors(obs, policy.device)
+        started = time.perf_counter()
         out = act_on_alive(policy, obs_t, instructions, alive, generator, greedy)
+        synchronize(policy.device)
+        policy_s += time.perf_counter() - started
         lengths += alive
         results = env.step_chunk(out.actions.float().cpu().numpy())
         for result in results:
@@ -186,6 +192,7 @@ def _run_episodes(
             for key in (infos[0] if infos else {})
         },
         horizon=max_chunks,
+        policy_s=policy_s,
     )
     return batch, lost
 
@@ -215,4 +222,5 @@ def concat(batches: Sequence[RolloutBatch]) -> RolloutBatch:
         info={k: torch.cat([pad(b.info[k]) for b in batches]) for k in batches[0].info},
         dropped=sum(b.dropped for b in batches),
         horizon=max(b.horizon_chunks for b in batches),
+        policy_s=sum(b.policy_s for b in batches),
     )

@@ -462,6 +462,7 @@ def train(
                 metrics.update(run.collector.publish())  # the new weights to where the episodes run
                 metrics.update(timer.metrics())
                 metrics["time/step_s"] = sum(timer.seconds.values())
+                metrics["time/rollout_policy_s"] = batch.policy_s  # of time/rollout_s; the rest is the env's
                 if run.evaluates_at(step):
                     metrics["eval_success_rate"] = run.evaluate(step)  # evaluate (and write its videos)
                 run.log(step, metrics)  # log

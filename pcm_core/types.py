@@ -70,6 +70,9 @@ class RolloutBatch:
         dropped: trajectories collected for this batch but left out because their env worker
             died (and group members left too few to compare); not among the ``N``.
         horizon: the most chunks an episode can have (the env's step limit over ``K``); None: ``T``.
+        policy_s: seconds the policy spent choosing the chunks (``act``), summed over the
+            collections (and rollout processes) that made the batch; the rest of a rollout's
+            time is the env's (simulation, rendering) and the bookkeeping.
     """
 
     obs: dict[str, Tensor]
@@ -84,6 +87,7 @@ class RolloutBatch:
     info: dict[str, Tensor] = field(default_factory=dict)
     dropped: int = 0
     horizon: int | None = None
+    policy_s: float = 0.0
 
     @property
     def num_trajectories(self) -> int:
@@ -120,6 +124,7 @@ class RolloutBatch:
             info={k: v[index] for k, v in self.info.items()},
             dropped=self.dropped,
             horizon=self.horizon,
+            policy_s=self.policy_s,
         )
 
 

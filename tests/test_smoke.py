@@ -13,6 +13,7 @@ METRICS = [
     "keep_prob/phase_0",
     "score/phase_0",
     "time/rollout_s",
+    "time/rollout_policy_s",
     "time/select_s",
     "time/forward_backward_s",
     "time/optimizer_s",
@@ -48,6 +49,7 @@ def test_pcm_run_end_to_end(tiny_run_args, tmp_path):
     assert run.info.status == "FINISHED"
     for name in METRICS:
         assert name in run.data.metrics, name
+    assert 0 < run.data.metrics["time/rollout_policy_s"] < run.data.metrics["time/rollout_s"]  # the env takes the rest
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "kept_chunk_fraction")]
     assert steps == [1, 2]
     # 16 chunks per trajectory (64 steps / K=4), budget 4 -> exactly a quarter kept

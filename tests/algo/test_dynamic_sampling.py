@@ -137,6 +137,7 @@ def test_concat_of_three_batches_renumbers_and_pads():
     a, b, c = scripted_batch(0, [1, 0], 2), scripted_batch(1, [1, 0, 0, 1], 4), scripted_batch(2, [0, 1], 3)
     b.group_index = torch.tensor([0, 0, 5, 5])  # sparse ids: the next offset is max id + 1
     a.dropped, b.dropped, c.dropped = 1, 0, 2
+    a.policy_s, b.policy_s, c.policy_s = 0.25, 0.5, 1.0
     c.horizon = 7
     merged = concat([a, b, c])
     assert merged.group_index.tolist() == [0, 0, 1, 1, 6, 6, 7, 7]
@@ -147,4 +148,5 @@ def test_concat_of_three_batches_renumbers_and_pads():
     assert merged.tokens.shape == (8, 4, 4) and merged.info["phase"].shape == (8, 4)
     assert merged.lengths.tolist() == [2, 1, 4, 4, 4, 3, 3, 2]
     assert merged.dropped == 3 and merged.horizon == 7
+    assert merged.policy_s == 1.75 and merged.select_trajectories(torch.tensor([0])).policy_s == 1.75  # the policy's time of every collection
     assert merged.rewards.tolist() == [1, 0, 1, 0, 0, 1, 0, 1]
