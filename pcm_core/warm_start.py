@@ -23,12 +23,18 @@ from pcm_core.errors import ConfigError
 from pcm_core.interfaces import EnvBackend, PolicyBackend
 
 
+CACHE_VERSION = 2
+"""Part of the cache key, raised whenever the same settings start to clone other weights (2: the
+demonstrations no longer depend on the number of envs), so a stale cached warm start is never loaded."""
+
+
 def cache_path(config: RunConfig) -> Path:
     """Folder of the cached warm start for this env, policy, SFT settings and seed.
 
     Env and policy enter with their validated options (defaults filled in), so an option written
     out at its default value keeps the same warm start; where the envs run (``env.workers``) is
-    left out: a deterministic expert gives the same demonstrations in worker processes. An expert
+    left out: a deterministic expert gives the same demonstrations in worker processes, and how
+    many envs run them does not matter (:func:`collect_demonstrations`). An expert
     that draws random numbers (tabletop's ``expert_noise`` > 0) draws them from each worker's own
     stream, so its demonstrations depend on ``env.workers`` while the key does not.
     """
@@ -38,7 +44,7 @@ def cache_path(config: RunConfig) -> Path:
         kind: {"name": components[kind].name, "options": components[kind].options.model_dump(mode="json")}
         for kind in ("env", "policy")
     }
-    key.update(sft=sft, seed=sft_seed(config))
+    key.update(sft=sft, seed=sft_seed(config), version=CACHE_VERSION)
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return Path(config.train.sft.cache_dir).expanduser() / digest
 
@@ -64,22 +70,33 @@ def collect_demonstrations(
     gripper command (the last action dimension): a policy that opens or closes at the wrong
     moment reaches states that clean demonstrations never show.
 
+    The demonstrations depend on ``seed`` and ``episodes``, not on ``env.num_envs``: the tasks and
+    initial states of all episodes are drawn first, episode ``e`` draws its noise from its own
+    generator (seeded by ``(seed, e)``), the episodes run ``num_envs`` at a time (rows past the
+    last episode repeat it and are left out), and the chunks come out in (episode, chunk) order.
+    So a benchmark with 8 envs and ``pcm-run`` with 64 clone the same warm start, as the cache
+    key (:func:`cache_path`) assumes.
+
     Returns observations at each chunk start (each ``[S, ...]``), their ``S`` instructions and the
     expert's action chunks ``[S, K, D]``.
     """
     rng = np.random.default_rng(seed)
+    all_tasks = rng.integers(0, env.num_tasks, episodes)  # [E]
+    all_inits = rng.integers(0, 2**31 - 1, episodes)  # [E]
     obs_parts: dict[str, list[np.ndarray]] = {}
     texts: list[str] = []
     action_parts: list[np.ndarray] = []
     num_chunks = math.ceil(env.max_steps / chunk_size)
-    for _ in range(math.ceil(episodes / env.num_envs)):
-        task_ids = rng.integers(0, env.num_tasks, env.num_envs).tolist()
-        init_states = rng.integers(0, 2**31 - 1, env.num_envs).tolist()
-        obs, instructions = env.reset(task_ids, init_states)
+    width = env.num_envs
+    for first in range(0, episodes, width):
+        ids = np.minimum(np.arange(first, first + width), episodes - 1)  # [B] episode of each row
+        real = np.arange(first, first + width) < episodes  # [B] False: a repeat, left out
+        noise = [np.random.default_rng([seed, int(e)]) for e in ids]  # each episode's own generator
+        obs, instructions = env.reset(all_tasks[ids].tolist(), all_inits[ids].tolist())
         episode_obs: list[dict[str, np.ndarray]] = []
         episode_actions: list[np.ndarray] = []
-        success = np.zeros(env.num_envs, dtype=bool)
-        solved_at = np.full(env.num_envs, num_chunks)  # first chunk that ends in success
+        success = np.zeros(width, dtype=bool)
+        solved_at = np.full(width, num_chunks)  # first chunk that ends in success
         for t in range(num_chunks):
             chunk = []
             start_obs = {k: v.copy() for k, v in obs.items()}
@@ -90,9 +107,12 @@ def collect_demonstrations(
                         f"env '{type(env).__name__}' has no scripted expert for the SFT warm start.\n"
                         "Fix: set train.sft.enabled=false and pass a pretrained policy.options.path"
                     )
-                executed = action + (rng.normal(0.0, execution_noise, action.shape) if execution_noise > 0 else 0.0)
-                flipped = rng.random(len(action)) < gripper_flip_prob  # [B]
-                executed[flipped, -1] = -executed[flipped, -1]
+                executed = action.astype(np.float64)
+                for row, generator in enumerate(noise):
+                    if execution_noise > 0:
+                        executed[row] += generator.normal(0.0, execution_noise, action.shape[1])
+                    if generator.random() < gripper_flip_prob:
+                        executed[row, -1] = -executed[row, -1]
                 result = env.step(np.clip(executed, -1.0, 1.0).astype(np.float32))
                 success |= result.success
                 chunk.append(action)
@@ -102,12 +122,14 @@ def collect_demonstrations(
             episode_actions.append(np.stack(chunk, axis=1))  # [B, K, D]
             if success.all():
                 break
-        for t, step_obs in enumerate(episode_obs):
-            keep = success & (t <= solved_at)  # what happens after success does not matter
-            for key, value in step_obs.items():
-                obs_parts.setdefault(key, []).append(value[keep])
-            action_parts.append(episode_actions[t][keep])
-            texts.extend(text for text, ok in zip(instructions, keep) if ok)
+        for row in np.flatnonzero(success & real):  # episode order; what happens after success does not matter
+            steps = range(int(solved_at[row]) + 1)
+            for key in episode_obs[0]:
+                obs_parts.setdefault(key, []).append(np.stack([episode_obs[t][key][row] for t in steps]))
+            action_parts.append(np.stack([episode_actions[t][row] for t in steps]))
+            texts.extend([instructions[row]] * len(steps))
+    if not action_parts:
+        return {}, [], torch.zeros(0)
     obs_tensors = {key: torch.as_tensor(np.concatenate(parts)) for key, parts in obs_parts.items()}
     actions = torch.as_tensor(np.concatenate(action_parts), dtype=torch.float32).clamp(-1, 1)
     return obs_tensors, texts, actions

@@ -25,3 +25,22 @@ def test_options_written_out_at_their_defaults_keep_the_warm_start():
     default = cache_path(load_config(None, []))
     assert default == cache_path(load_config(None, ["env.options.max_steps=256", "policy.options.size=1m"]))
     assert default != cache_path(load_config(None, ["env.options.max_steps=128"]))
+
+
+def test_demonstrations_do_not_depend_on_how_many_envs_run_them():
+    """The cache key leaves the env count out (a benchmark's 8 envs and pcm-run's 64 share one warm
+    start), so the demonstrations must not depend on it: the same chunks, bit for bit, in the same
+    order, with execution noise and gripper flips drawn, from 3 envs (the last batch padded) and 8."""
+    import torch
+
+    from pcm_core.warm_start import collect_demonstrations
+    from pcm_tabletop.env import TabletopEnv, TabletopOptions
+
+    def demos(num_envs):
+        env = TabletopEnv(TabletopOptions(image_size=16), num_envs=num_envs, seed=0)
+        return collect_demonstrations(env, 4, 8, seed=7, execution_noise=0.05, gripper_flip_prob=0.05)
+
+    (obs_a, texts_a, actions_a), (obs_b, texts_b, actions_b) = demos(3), demos(8)
+    assert len(actions_a) > 8  # several chunks of several successful episodes
+    assert texts_a == texts_b and torch.equal(actions_a, actions_b)
+    assert obs_a.keys() == obs_b.keys() and all(torch.equal(obs_a[k], obs_b[k]) for k in obs_a)
