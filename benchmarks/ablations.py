@@ -272,18 +272,30 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def figure(result: dict[str, Any]):
+    """Left: the estimator error per variant; right (when trained): the gain in eval success, mean and SE over seeds."""
     plt = pyplot()
 
     names = list(result["variants"])
     var = [result["variants"][n]["variance_rel"] for n in names]
     bias = [result["variants"][n]["bias2_rel"] for n in names]
-    fig, ax = plt.subplots(figsize=(9, 4))
+    trained = [n for n in names if result["variants"][n].get("training")]
+    fig, axes = plt.subplots(1, 2 if trained else 1, figsize=(15 if trained else 9, 4), squeeze=False)
+    ax = axes[0, 0]
     ax.bar(names, var, label="variance / |g|^2")
     ax.bar(names, bias, bottom=var, label="bias^2 / |g|^2")
     ax.set_ylabel("MSE of the update direction (relative)")
     ax.tick_params(axis="x", rotation=35)
     ax.legend()
     ax.set_title(f"B={result['settings']['budget']}: error vs full-batch GRPO gradient")
+    if trained:
+        t = [result["variants"][n]["training"] for n in trained]
+        ax = axes[0, 1]
+        ax.bar(trained, [x["gain_points"] for x in t],
+               yerr=[0.0 if math.isnan(x["gain_points_se"]) else x["gain_points_se"] for x in t], capsize=3)
+        ax.axhline(0.0, color="k", lw=0.8)
+        ax.set_ylabel("eval success gain, points (mean ± SE over seeds)")
+        ax.tick_params(axis="x", rotation=35)
+        ax.set_title(f"{result['settings']['train_steps']} RL steps, seeds {result['settings']['train_seeds']}")
     return fig
 
 

@@ -402,6 +402,26 @@ def test_warm_starts_merges_disjoint_seed_lists():
         merge([result((0, 1.0)), result((0, 2.0))])
 
 
+def test_ablations_merge_pairs_every_variant_with_the_default_seed_by_seed():
+    from benchmarks.ablations import merge
+
+    def result(seeds, finals):  # finals: variant -> final success per seed; warm start 0.3 (seed 0), 0.2 (seed 1)
+        warm = {0: 0.3, 1: 0.2}
+        variants = {name: {"training": {"runs": [{"seed": seed, "warm_start_success": warm[seed], "final_success": f}
+                                                 for seed, f in zip(seeds, values)]}} for name, values in finals.items()}
+        return {"settings": {"train_seeds": seeds}, "variants": variants, "duration_s": 5.0 * len(seeds)}
+
+    merged = merge([result([1], {"pcm (default)": [0.5], "x": [0.3]}), result([0], {"pcm (default)": [0.5], "x": [0.4]})])
+    default, x = merged["variants"]["pcm (default)"]["training"], merged["variants"]["x"]["training"]
+    assert merged["settings"]["train_seeds"] == [0, 1] and x["seeds"] == [0, 1]
+    assert (default["gain_points"], default["gain_points_se"]) == (pytest.approx(25.0), pytest.approx(5.0))  # gains 20, 30
+    assert (x["gain_points"], x["gain_points_se"]) == (pytest.approx(10.0), pytest.approx(0.0))  # gains 10, 10
+    assert (x["vs_default_points"], x["vs_default_points_se"]) == (pytest.approx(-15.0), pytest.approx(5.0))  # -10, -20
+    assert default["vs_default_points"] == 0.0 and merged["merged_from"] == 2
+    with pytest.raises(SystemExit, match="share seeds"):
+        merge([result([0], {"pcm (default)": [0.5]}), result([0], {"pcm (default)": [0.6]})])
+
+
 def test_time_to_success_merges_disjoint_seed_lists():
     from benchmarks.time_to_success import merge, settings
 
