@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -216,7 +217,9 @@ def warm_start(policy: PolicyBackend, env: EnvBackend, config: RunConfig, log: C
         on_epoch=lambda epoch, loss: log(f"  epoch {epoch + 1}/{sft.epochs}: loss {loss:.3f}"),
     )
     folder.mkdir(parents=True, exist_ok=True)
-    temporary = folder / "model.safetensors.tmp"
+    # one temporary file per process: two runs building the same warm start at once each
+    # write their own file, and the rename makes whichever lands last the cached one, whole
+    temporary = folder / f"model.safetensors.{os.getpid()}.tmp"
     save_file({k: v.detach().contiguous().cpu() for k, v in policy.module.state_dict().items()}, str(temporary))
     temporary.replace(weights)
     return folder
