@@ -136,6 +136,11 @@ class TrainConfig(Section):
         True, description="trajectories whose advantage is exactly 0 (groups with equal outcomes) take no forward/backward "
         "when kl_coef is 0: their loss term is exactly 0, the normalisers still count them, so the update is unchanged"
     )
+    kl_on_uniform_groups: bool = Field(
+        True, description="with kl_coef > 0, the KL term covers the kept chunks of every trajectory, so those of groups with "
+        "equal outcomes take a forward/backward for the KL alone; false: only trajectories with a nonzero advantage carry "
+        "it, which keeps skip_zero_advantage's saving and anchors the chunks the update moves"
+    )
     micro_batch_size: int = Field(64, gt=0, description="chunks per forward/backward")
     max_grad_norm: float = Field(1.0, gt=0.0)
     guard_weights: bool = Field(

@@ -183,8 +183,11 @@ class Learner:
         """``[N_r, T]`` bool: the kept chunks that take a forward/backward. With
         ``train.skip_zero_advantage`` and no KL term, a trajectory whose advantage is exactly 0 (its
         group's outcomes are all equal) adds exactly 0 to the loss and its gradient, so its kept
-        chunks are dropped; the loss normalisers still count them, so the update is unchanged."""
-        if self.train.skip_zero_advantage and self.train.kl_coef == 0:
+        chunks are dropped; the loss normalisers still count them, so the update is unchanged. With
+        a KL term they are dropped too when ``train.kl_on_uniform_groups`` is false (then only the
+        trajectories that carry an advantage are anchored)."""
+        kl_everywhere = self.train.kl_coef > 0 and self.train.kl_on_uniform_groups
+        if self.train.skip_zero_advantage and not kl_everywhere:
             return selection.keep & (advantages != 0)[:, None]
         return selection.keep.clone()
 

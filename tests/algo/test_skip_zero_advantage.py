@@ -18,10 +18,11 @@ from pcm_phases.segmenters import GripperSegmenter
 LENGTHS, REWARDS, GROUPS = [6, 9, 4, 8, 9, 5], [1, 0, 1, 1, 0, 1], [0, 0, 1, 1, 2, 2]
 
 
-def learner(sampler: str, skip: bool, aggregation: str, kl_coef: float = 0.0) -> Learner:
+def learner(sampler: str, skip: bool, aggregation: str, kl_coef: float = 0.0, kl_on_uniform_groups: bool = True) -> Learner:
     pcm = PCMConfig(budget=3, budget_scaling="fixed", sampler=sampler, segmenter_options={"num_phases": 3})
     train = TrainConfig(lr=0.05, micro_batch_size=2, max_grad_norm=1e9, seed=3, skip_zero_advantage=skip,
-                        loss_aggregation=aggregation, kl_coef=kl_coef, warmup_steps=0)
+                        loss_aggregation=aggregation, kl_coef=kl_coef, warmup_steps=0,
+                        kl_on_uniform_groups=kl_on_uniform_groups)
     chosen = PCMSampler(PCMSampler.Options()) if sampler == "pcm" else AllSampler(AllSampler.Options())
     segmenter = GripperSegmenter(GripperSegmenter.Options(num_phases=3))
     return Learner(TinyBackend(), segmenter, SuccessFailureProxy(SuccessFailureProxy.Options()), chosen, pcm, train)
@@ -69,6 +70,29 @@ def test_with_a_kl_term_nothing_is_skipped():
     sizes = forwards(kl)
     kl.update(batch, StepTimer())
     assert sum(sizes) == sum(LENGTHS)  # the reference term has a gradient on every chunk
+
+
+def test_a_kl_term_kept_off_uniform_groups_skips_them_and_still_anchors_the_rest():
+    """Policy and reference see every chunk but the solved group's, and the KL still acts: over
+    two steps the weights differ from the same learner without a KL term."""
+    batch = make_batch(LENGTHS, REWARDS, GROUPS, seed=1)
+    narrow = learner("all", True, "seq_mean", kl_coef=0.1, kl_on_uniform_groups=False)
+    no_kl = learner("all", True, "seq_mean")
+    policy_sizes, reference_sizes = forwards(narrow), []
+    reference_log_probs = narrow.reference.log_probs
+
+    def counting(obs, instructions, tokens):
+        reference_sizes.append(tokens.shape[0])
+        return reference_log_probs(obs, instructions, tokens)
+
+    narrow.reference.log_probs = counting
+    for step in range(2):  # the k3 gradient is 0 at the reference, so the second step shows it
+        metrics = narrow.update(batch, StepTimer())
+        no_kl.update(batch, StepTimer())
+    solved_group = LENGTHS[2] + LENGTHS[3]
+    assert sum(policy_sizes) == sum(reference_sizes) == 2 * (sum(LENGTHS) - solved_group)
+    assert metrics["backprop_chunk_fraction"] == pytest.approx(1 - solved_group / sum(LENGTHS))
+    assert (params(narrow) - params(no_kl)).abs().max() > 1e-6
 
 
 def test_a_batch_without_a_mixed_group_still_steps_adam_as_before():
