@@ -59,6 +59,7 @@ def output_folder(args: argparse.Namespace) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    sys.stdout.reconfigure(line_buffering=True)  # progress lines reach a log file (nohup, CI) as they happen
     import torch
 
     torch.set_num_threads(args.threads)
