@@ -122,7 +122,10 @@ class TrainConfig(Section):
     )
     clip_low: float = Field(0.2, gt=0.0, lt=1.0, description="eps_low of the PPO clip")
     clip_high: float = Field(0.28, gt=0.0, description="eps_high (clip-higher, >= clip_low)")
-    kl_coef: float = Field(0.0, ge=0.0, description="KL to the reference policy (k3); 0 = off")
+    kl_coef: float = Field(
+        0.01, ge=0.0, description="weight of the k3 KL to the reference policy (a frozen copy of the warm start); "
+        "0 = off (no reference is built: the paper's GRPO, OpenVLA's configs, distributed.strategy=fsdp)"
+    )
     loss_aggregation: Literal["token_mean", "seq_mean", "traj_sum"] = Field(
         "seq_mean", description="seq_mean: every trajectory weighs the same (GRPO's 1/|o_i|); token_mean: every "
         "token, so long (failed) trajectories outweigh short successes when episodes end at success"
@@ -134,10 +137,11 @@ class TrainConfig(Section):
     )
     skip_zero_advantage: bool = Field(
         True, description="trajectories whose advantage is exactly 0 (groups with equal outcomes) take no forward/backward "
-        "when kl_coef is 0: their loss term is exactly 0, the normalisers still count them, so the update is unchanged"
+        "when they carry no KL term (kl_coef 0, or kl_on_uniform_groups false): their loss term is exactly 0, the "
+        "normalisers still count them, so the update is unchanged"
     )
     kl_on_uniform_groups: bool = Field(
-        True, description="with kl_coef > 0, the KL term covers the kept chunks of every trajectory, so those of groups with "
+        False, description="with kl_coef > 0, the KL term covers the kept chunks of every trajectory, so those of groups with "
         "equal outcomes take a forward/backward for the KL alone; false: only trajectories with a nonzero advantage carry "
         "it, which keeps skip_zero_advantage's saving and anchors the chunks the update moves"
     )

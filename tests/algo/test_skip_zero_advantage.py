@@ -64,9 +64,9 @@ def test_skipping_zero_advantage_trajectories_changes_only_the_work(sampler, agg
     assert b["backprop_chunk_fraction"] == pytest.approx(a["backprop_chunk_fraction"] - solved_group / sum(LENGTHS))
 
 
-def test_with_a_kl_term_nothing_is_skipped():
+def test_with_a_kl_term_on_uniform_groups_nothing_is_skipped():
     batch = make_batch(LENGTHS, REWARDS, GROUPS, seed=1)
-    kl = learner("all", True, "seq_mean", kl_coef=0.1)
+    kl = learner("all", True, "seq_mean", kl_coef=0.1, kl_on_uniform_groups=True)
     sizes = forwards(kl)
     kl.update(batch, StepTimer())
     assert sum(sizes) == sum(LENGTHS)  # the reference term has a gradient on every chunk

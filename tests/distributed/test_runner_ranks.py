@@ -64,7 +64,7 @@ def test_fsdp_checkpoint_holds_full_tensors_and_resumes_on_one_rank(tmp_path):
     """Also: training goes on after a mid-run checkpoint (its state_dict reshards the weights)."""
     output = tmp_path / "runs"
     _run(2, *_sets(*TINY, f"train.output_dir={output}", "train.steps=2", "train.checkpoint_every=1",
-                   "distributed.strategy=fsdp"))
+                   "distributed.strategy=fsdp", "train.kl_coef=0"))  # fsdp shards no KL reference
     sharded = checkpoint.load(checkpoint.locate("latest", output))
     assert sharded.step == 2
     _run(1, "--resume", "latest", *_sets(f"train.output_dir={output}", "train.steps=3"))
