@@ -18,7 +18,7 @@ from pcm_phases.segmenters import GripperSegmenter
 LENGTHS, REWARDS, GROUPS = [6, 9, 4, 8, 9, 5], [1, 0, 1, 1, 0, 1], [0, 0, 1, 1, 2, 2]
 
 
-def learner(sampler: str, skip: bool, aggregation: str, kl_coef: float = 0.0, kl_on_uniform_groups: bool = True) -> Learner:
+def learner(sampler: str, skip: bool, aggregation: str, kl_coef: float = 0.0, kl_on_uniform_groups: bool = False) -> Learner:
     pcm = PCMConfig(budget=3, budget_scaling="fixed", sampler=sampler, segmenter_options={"num_phases": 3})
     train = TrainConfig(lr=0.05, micro_batch_size=2, max_grad_norm=1e9, seed=3, skip_zero_advantage=skip,
                         loss_aggregation=aggregation, kl_coef=kl_coef, warmup_steps=0,
@@ -32,16 +32,18 @@ def params(learner: Learner) -> torch.Tensor:
     return torch.cat([p.detach().flatten() for p in learner.policy.module.parameters()])
 
 
-def forwards(learner: Learner) -> list[int]:
-    """Records the size of every micro-batch the policy's log_probs sees."""
+def forwards(learner: Learner, which: str = "policy") -> list[int]:
+    """Records the size of every micro-batch the log_probs of ``learner.<which>`` (the policy or
+    the KL reference) sees."""
     sizes: list[int] = []
-    log_probs = learner.policy.log_probs
+    backend = getattr(learner, which)
+    log_probs = backend.log_probs
 
     def counting(obs, instructions, tokens):
         sizes.append(tokens.shape[0])
         return log_probs(obs, instructions, tokens)
 
-    learner.policy.log_probs = counting
+    backend.log_probs = counting
     return sizes
 
 
@@ -78,14 +80,7 @@ def test_a_kl_term_kept_off_uniform_groups_skips_them_and_still_anchors_the_rest
     batch = make_batch(LENGTHS, REWARDS, GROUPS, seed=1)
     narrow = learner("all", True, "seq_mean", kl_coef=0.1, kl_on_uniform_groups=False)
     no_kl = learner("all", True, "seq_mean")
-    policy_sizes, reference_sizes = forwards(narrow), []
-    reference_log_probs = narrow.reference.log_probs
-
-    def counting(obs, instructions, tokens):
-        reference_sizes.append(tokens.shape[0])
-        return reference_log_probs(obs, instructions, tokens)
-
-    narrow.reference.log_probs = counting
+    policy_sizes, reference_sizes = forwards(narrow), forwards(narrow, "reference")
     for step in range(2):  # the k3 gradient is 0 at the reference, so the second step shows it
         metrics = narrow.update(batch, StepTimer())
         no_kl.update(batch, StepTimer())
