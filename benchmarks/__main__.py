@@ -35,6 +35,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="warm_starts: a config override, as pcm-run's --set (repeatable)")
     p.add_argument("--pcm-set", action="append", metavar="KEY=VALUE", help="time_to_success: a config override for "
                    "the PCM runs only, a lever measured against plain GRPO (repeatable)")
+    p.add_argument("--methods", help="time_to_success: comma-separated methods to run (default grpo,pcm); one alone "
+                   "writes its runs, to pair with the other's by python -m benchmarks.time_to_success grpo=A.json pcm=B.json")
     p.add_argument("--seed-list", help="warm_starts, time_to_success, ablations: comma-separated seeds instead of 0..seeds-1")
     p.add_argument("--budgets", help="grad_update: comma-separated budgets B for every size instead of the defaults; "
                    "gradient_noise: pcm at these B instead of its variants; time_to_success: PCM's one B (default 12)")

@@ -15,6 +15,7 @@ evaluation grid), i.e. "the success GRPO reaches"; a run's final success is the 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import statistics
 import tempfile
@@ -54,6 +55,7 @@ def settings(quick: bool, args: argparse.Namespace | None = None) -> dict[str, A
         "final_evals": FINAL_EVALS,
         "pcm_budget": None,  # None: configs/quickstart.yaml's (12)
         "pcm_overrides": [],  # a lever on the PCM runs only; GRPO stays the reference
+        "methods": list(METHODS),  # one of them alone: runs to merge with the other's (:func:`merge`)
     }
     if args is not None:
         if getattr(args, "seeds", None):
@@ -69,6 +71,12 @@ def settings(quick: bool, args: argparse.Namespace | None = None) -> dict[str, A
                 raise SystemExit(f"time_to_success takes one budget, got --budgets {args.budgets}.\nFix: e.g. --budgets 24")
             s["pcm_budget"] = int(args.budgets)
         s["pcm_overrides"] += list(getattr(args, "pcm_set", None) or [])
+        if getattr(args, "methods", None):
+            methods = args.methods.split(",")
+            if not methods or set(methods) - set(METHODS):
+                raise SystemExit(f"time_to_success --methods {args.methods}: each must be one of {', '.join(METHODS)}.\n"
+                                 "Fix: e.g. --methods pcm, then merge with a GRPO run of the same seeds")
+            s["methods"] = [m for m in METHODS if m in methods]
         if getattr(args, "tiny", False):
             s["seeds"] = [0]
             s["grpo_steps"] = 1
@@ -206,16 +214,35 @@ def run(quick: bool, device: str, out: Path, args: argparse.Namespace | None = N
         cache = str(Path(tmp) / "cache") if quick else None
         for seed in s["seeds"]:
             order = ["grpo", "pcm"] if seed % 2 == 0 else ["pcm", "grpo"]
-            for method in order:
+            for method in [m for m in order if m in s["methods"]]:
                 r = one_run(method, seed, s, Path(tmp), cache)
                 runs.append(r)
                 log(f"  {method} seed {seed}: final success {r['final_success']:.2f}, train {r['train_s']:.1f}s, "
                     f"curve {[(st, round(sc, 2)) for st, _, sc in r['curve']]}")
     result = {"benchmark": "time_to_success", "machine": machine(), "device": str(resolve_device(device)), "settings": s,
-              **summarize(runs, s),
               "duration_s": time.perf_counter() - started}
+    if len(s["methods"]) < len(METHODS):  # one method's runs: no comparison until merged with the other's
+        result["runs"] = runs
+        write_outputs(out, "time_to_success", result, runs_markdown(result), figure(result))
+        return result
+    result.update(summarize(runs, s))
     write_outputs(out, "time_to_success", result, markdown(result), figure(result))
     return result
+
+
+def runs_markdown(result: dict[str, Any]) -> str:
+    """The runs of a one-method result (``--methods``), before :func:`merge` pairs them with the other's."""
+    rows = [[r["method"], r["seed"], r["steps"], f"{r['final_success']:.3f}", f"{r['train_s']:.1f}",
+             " ".join(f"{step}:{success:.2f}" for step, _, success in r["curve"])] for r in result["runs"]]
+    return "\n".join([
+        f"# time_to_success: {', '.join(result['settings']['methods'])} runs only",
+        "",
+        f"{machine_line(result['machine'], result['device'])} overrides {result['settings']['overrides']}"
+        + (f", PCM only {result['settings']['pcm_overrides']}" if result["settings"].get("pcm_overrides") else "")
+        + ". Compare with `python -m benchmarks.time_to_success grpo=GRPO.json pcm=PCM.json`.",
+        "",
+        table(["method", "seed", "RL steps", "final success", "train s", "eval success by step"], rows),
+    ])
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -279,32 +306,49 @@ def figure(result: dict[str, Any]):
     for r in result["runs"]:
         ax.plot([c[1] for c in r["curve"]], [c[2] for c in r["curve"]], marker="o", color=colors[r["method"]], alpha=0.7,
                 label=f"{r['method']} seed {r['seed']}")
-    ax.axhline(result["target_success"], color="k", ls="--", label="target")
+    if "target_success" in result:  # a one-method result has none yet
+        ax.axhline(result["target_success"], color="k", ls="--", label="target")
     ax.set_xlabel("training wall-clock (s, excl. warm start and eval)")
     ax.set_ylabel("eval success")
     ax.legend(fontsize=7)
     return fig
 
 
-def merge(results: list[dict[str, Any]]) -> dict[str, Any]:
-    """One result from several runs of this benchmark on disjoint ``--seed-list``s (the same
-    settings otherwise), e.g. two processes sharing a 2-core machine: their runs summarised together."""
-    seeds = [seed for result in results for seed in result["settings"]["seeds"]]
-    if len(set(seeds)) != len(seeds):
-        raise SystemExit(f"time_to_success results to merge share seeds: {sorted(seeds)}.\nFix: merge runs of disjoint --seed-list")
-    s = {**results[0]["settings"], "seeds": sorted(seeds)}
-    runs = [run for result in results for run in result["runs"]]
-    return {"benchmark": "time_to_success", "machine": results[0]["machine"], "device": results[0]["device"], "settings": s,
-            **summarize(runs, s), "duration_s": max(result["duration_s"] for result in results),
-            "merged_from": len(results)}
+def merge(results: list[dict[str, Any]], methods: list[str | None] | None = None) -> dict[str, Any]:
+    """One result from several runs of this benchmark, e.g. two processes of disjoint ``--seed-list``
+    sharing a 2-core machine, or a lever's ``--methods pcm`` runs with an earlier run's GRPO runs of
+    the same seeds. ``methods[i]`` (None: all) is the method whose runs are taken from ``results[i]``.
+    Each (method, seed) comes from one result, and every seed needs both methods."""
+    methods = methods or [None] * len(results)
+    runs = [run for result, method in zip(results, methods) for run in result["runs"] if method in (None, run["method"])]
+    pairs = [(run["method"], run["seed"]) for run in runs]
+    if len(set(pairs)) != len(pairs):
+        raise SystemExit(f"time_to_success results to merge share (method, seed) runs: {sorted(pairs)}.\n"
+                         "Fix: merge runs of disjoint --seed-list, or take one method of a file with METHOD=FILE.json")
+    seeds = {method: sorted(seed for m, seed in pairs if m == method) for method in METHODS}
+    if seeds["grpo"] != seeds["pcm"]:
+        raise SystemExit(f"time_to_success results to merge have GRPO seeds {seeds['grpo']} and PCM seeds {seeds['pcm']}.\n"
+                         "Fix: merge results that hold both methods for the same seeds")
+    for key in ("overrides", "grpo_steps", "pcm_step_ratio", "final_evals"):
+        if len({str(result["settings"][key]) for result in results}) > 1:
+            raise SystemExit(f"time_to_success results to merge differ in settings '{key}'.\nFix: merge runs of one protocol")
+    pcm_source = next(result for result, method in zip(results, methods)
+                      if method in (None, "pcm") and any(run["method"] == "pcm" for run in result["runs"]))
+    s = {**pcm_source["settings"], "seeds": seeds["pcm"], "methods": list(METHODS)}
+    merged = {"benchmark": "time_to_success", "machine": pcm_source["machine"], "device": pcm_source["device"], "settings": s,
+              **summarize(runs, s), "duration_s": max(result["duration_s"] for result in results),
+              "merged_from": len(results)}
+    if len({json.dumps(result["machine"], sort_keys=True) for result in results}) > 1:
+        merged["machines"] = [result["machine"] for result in results]
+    return merged
 
 
-if __name__ == "__main__":  # python -m benchmarks.time_to_success A.json B.json ... [--out DIR]
-    import json
+if __name__ == "__main__":  # python -m benchmarks.time_to_success [METHOD=]A.json [METHOD=]B.json ... [--out DIR]
     import sys
 
     out = Path(sys.argv[sys.argv.index("--out") + 1]) if "--out" in sys.argv else Path("benchmarks/results")
-    paths = [arg for arg in sys.argv[1:] if arg.endswith(".json")]
-    merged = merge([json.loads(Path(path).read_text()) for path in paths])
+    args = [arg for arg in sys.argv[1:] if arg.endswith(".json")]
+    sources = [arg.split("=", 1) if "=" in arg else [None, arg] for arg in args]
+    merged = merge([json.loads(Path(path).read_text()) for _, path in sources], [method for method, _ in sources])
     write_outputs(out, "time_to_success", merged, markdown(merged), figure(merged))
     print(markdown(merged))

@@ -437,5 +437,26 @@ def test_time_to_success_merges_disjoint_seed_lists():
     merged = merge([result([0, 2]), result([1])])
     assert merged["seeds"] == 3 and merged["settings"]["seeds"] == [0, 1, 2]
     assert merged["speedup_per_seed"] == [1.0, 1.0, 1.0]
-    with pytest.raises(SystemExit, match="share seeds"):
+    with pytest.raises(SystemExit, match=r"share \(method, seed\) runs"):
         merge([result([0]), result([0, 1])])
+
+
+def test_time_to_success_one_method_runs_merge_with_the_other_methods_runs(tmp_path):
+    from benchmarks.time_to_success import merge
+
+    for method in ("grpo", "pcm"):
+        assert main(["time_to_success", "--quick", "--tiny", "--methods", method, "--out", str(tmp_path / method)]) == 0
+    grpo, pcm = (json.loads((tmp_path / m / "time_to_success.json").read_text()) for m in ("grpo", "pcm"))
+    assert [run["method"] for run in grpo["runs"]] == ["grpo"] and "speedup_to_target" not in grpo
+    assert "pcm runs only" in (tmp_path / "pcm" / "time_to_success.md").read_text()
+    merged = merge([grpo, pcm])
+    assert merged["seeds"] == 1 and sorted(run["method"] for run in merged["runs"]) == ["grpo", "pcm"]
+    assert merged["settings"]["methods"] == ["grpo", "pcm"]
+    both = {**pcm, "runs": grpo["runs"] + pcm["runs"]}  # a file holding both methods: take one of them only
+    assert [run["method"] for run in merge([both, pcm], ["grpo", "pcm"])["runs"]] == ["grpo", "pcm"]
+    with pytest.raises(SystemExit, match=r"share \(method, seed\)"):
+        merge([both, pcm])
+    with pytest.raises(SystemExit, match="GRPO seeds"):
+        merge([pcm])
+    with pytest.raises(SystemExit, match="each must be one of"):
+        main(["time_to_success", "--tiny", "--methods", "ppo", "--out", str(tmp_path / "x")])
