@@ -73,7 +73,7 @@ def settings(quick: bool, args: argparse.Namespace | None = None) -> dict[str, A
         s["pcm_overrides"] += list(getattr(args, "pcm_set", None) or [])
         if getattr(args, "methods", None):
             methods = args.methods.split(",")
-            if not methods or set(methods) - set(METHODS):
+            if set(methods) - set(METHODS):
                 raise SystemExit(f"time_to_success --methods {args.methods}: each must be one of {', '.join(METHODS)}.\n"
                                  "Fix: e.g. --methods pcm, then merge with a GRPO run of the same seeds")
             s["methods"] = [m for m in METHODS if m in methods]
@@ -237,12 +237,16 @@ def runs_markdown(result: dict[str, Any]) -> str:
     return "\n".join([
         f"# time_to_success: {', '.join(result['settings']['methods'])} runs only",
         "",
-        f"{machine_line(result['machine'], result['device'])} overrides {result['settings']['overrides']}"
-        + (f", PCM only {result['settings']['pcm_overrides']}" if result["settings"].get("pcm_overrides") else "")
-        + ". Compare with `python -m benchmarks.time_to_success grpo=GRPO.json pcm=PCM.json`.",
+        f"{machine_line(result['machine'], result['device'])} {overrides_text(result['settings'])}. "
+        "Compare with `python -m benchmarks.time_to_success grpo=GRPO.json pcm=PCM.json`.",
         "",
         table(["method", "seed", "RL steps", "final success", "train s", "eval success by step"], rows),
     ])
+
+
+def overrides_text(s: dict[str, Any]) -> str:
+    """The markdown's account of the overrides both methods ran with, and of PCM's own."""
+    return f"overrides {s['overrides']}" + (f", PCM only {s['pcm_overrides']}" if s.get("pcm_overrides") else "")
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -263,9 +267,7 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         f"{machine_line(m, result['device'])} {result['seeds']} seed(s) per method, each from its own warm start; "
         f"PCM budget B={pcm_budget}; "
-        f"overrides {result['settings']['overrides']}"
-        + (f", PCM only {result['settings']['pcm_overrides']}" if result["settings"].get("pcm_overrides") else "")
-        + f". {result['note']}.",
+        f"{overrides_text(result['settings'])}. {result['note']}.",
         "",
         table(["method", "RL steps", "reached", "time to target s, median over seeds", "final success (mean +- SE over seeds)", "train s",
                *(f"{n} s/step" for n in SPLIT)], rows),
