@@ -124,7 +124,8 @@ class TrainConfig(Section):
     clip_high: float = Field(0.28, gt=0.0, description="eps_high (clip-higher, >= clip_low)")
     kl_coef: float = Field(
         0.01, ge=0.0, description="weight of the k3 KL to the reference policy (a frozen copy of the warm start); "
-        "0 = off (no reference is built: the paper's GRPO, OpenVLA's configs, distributed.strategy=fsdp)"
+        "0 = off (no reference is built: the paper's GRPO, OpenVLA's configs); under distributed.strategy=fsdp "
+        "the reference is a full, unsharded replica on every rank"
     )
     loss_aggregation: Literal["token_mean", "seq_mean", "traj_sum"] = Field(
         "seq_mean", description="seq_mean: every trajectory weighs the same (GRPO's 1/|o_i|); token_mean: every "

@@ -115,12 +115,5 @@ def make_learner(
     ``distributed.strategy`` (DDP or FSDP); else the plain one-process learner."""
     if not context.active:
         return Learner(policy, segmenter, proxy, sampler, config.pcm, config.train)
-    strategy = config.distributed.strategy
-    if strategy == "fsdp" and config.train.kl_coef > 0:
-        raise DistributedError(
-            f"train.kl_coef = {config.train.kl_coef} needs a reference policy, which distributed.strategy = fsdp does not shard.\n"
-            "Fix: --set distributed.strategy=ddp, or --set train.kl_coef=0"
-        )
-    return Learner(
-        policy, segmenter, proxy, sampler, config.pcm, config.train, Communicator(context), STRATEGIES[strategy]()
-    )
+    strategy = STRATEGIES[config.distributed.strategy]()
+    return Learner(policy, segmenter, proxy, sampler, config.pcm, config.train, Communicator(context), strategy)

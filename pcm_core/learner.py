@@ -80,13 +80,14 @@ class Learner:
             online=pcm.online,
             ema=pcm.ema,
         )
-        self.parallel.setup(policy, self.comm)  # rank 0's weights everywhere; FSDP shards them here
+        # the KL reference is copied before FSDP shards the policy: a full frozen replica per rank
+        self.reference = self._frozen_copy(policy) if train.kl_coef > 0 else None
+        self.parallel.setup(policy, self.comm, self.reference)  # rank 0's weights everywhere; FSDP shards here
         self.optimizer = torch.optim.AdamW(
             [p for p in policy.module.parameters() if p.requires_grad], lr=train.lr, betas=train.adam_betas,
             weight_decay=train.weight_decay,
         )
         self.generator = torch.Generator().manual_seed(train.seed + 1)
-        self.reference = self._frozen_copy(policy) if train.kl_coef > 0 else None
         self.policy = self.parallel.route(policy)  # log_probs through the DDP / FSDP wrapper
         self.meter = SavedActivationMeter(policy.module)
         self.skipped_updates = 0  # optimizer steps skipped for a non-finite loss or gradient, in all

@@ -27,8 +27,10 @@ class SingleProcess:
 
     name = "single"
 
-    def setup(self, policy: PolicyBackend, comm: Communicator) -> None:
-        """Before the optimizer sees the parameters (FSDP shards them here)."""
+    def setup(self, policy: PolicyBackend, comm: Communicator, frozen: PolicyBackend | None = None) -> None:
+        """Before the optimizer sees the parameters (FSDP shards them here). ``frozen`` (the KL
+        reference, a copy made before this call) stays a full replica on every rank; it gets rank
+        0's weights like the policy."""
 
     def route(self, policy: PolicyBackend) -> PolicyBackend:
         """The learner's view of ``policy``: its ``log_probs`` through the wrapper, if any."""
@@ -106,8 +108,9 @@ class DDP(SingleProcess):
 
     name = "ddp"
 
-    def setup(self, policy: PolicyBackend, comm: Communicator) -> None:
-        broadcast_module(policy.module, comm)
+    def setup(self, policy: PolicyBackend, comm: Communicator, frozen: PolicyBackend | None = None) -> None:
+        for module in [policy.module] + ([frozen.module] if frozen is not None else []):
+            broadcast_module(module, comm)
 
     def route(self, policy: PolicyBackend) -> PolicyBackend:
         from torch.nn.parallel import DistributedDataParallel
@@ -126,11 +129,12 @@ class FSDP(SingleProcess):
 
     name = "fsdp"
 
-    def setup(self, policy: PolicyBackend, comm: Communicator) -> None:
+    def setup(self, policy: PolicyBackend, comm: Communicator, frozen: PolicyBackend | None = None) -> None:
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard
 
-        broadcast_module(policy.module, comm)
+        for module in [policy.module] + ([frozen.module] if frozen is not None else []):
+            broadcast_module(module, comm)
         self.wrapper = LogProbModule(policy)
         fully_shard(self.wrapper, mesh=init_device_mesh(policy.device.type, (comm.world_size,)))
 

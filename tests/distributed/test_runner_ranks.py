@@ -64,14 +64,15 @@ def test_fsdp_checkpoint_holds_full_tensors_and_resumes_on_one_rank(tmp_path):
     """Also: training goes on after a mid-run checkpoint (its state_dict reshards the weights)."""
     output = tmp_path / "runs"
     _run(2, *_sets(*TINY, f"train.output_dir={output}", "train.steps=2", "train.checkpoint_every=1",
-                   "distributed.strategy=fsdp", "train.kl_coef=0"))  # fsdp shards no KL reference
+                   "distributed.strategy=fsdp", "train.kl_coef=0.01"))  # the KL reference: a full replica per rank
     sharded = checkpoint.load(checkpoint.locate("latest", output))
     assert sharded.step == 2
     _run(1, "--resume", "latest", *_sets(f"train.output_dir={output}", "train.steps=3"))
     plain = checkpoint.load(checkpoint.locate("latest", output))
-    assert sharded.tensors["policy"].keys() == plain.tensors["policy"].keys()
+    assert sharded.tensors["policy"].keys() == plain.tensors["policy"].keys() == sharded.tensors["reference"].keys()
     for name, tensor in plain.tensors["policy"].items():
         assert sharded.tensors["policy"][name].shape == tensor.shape, name  # gathered, not one rank's shard
+        assert sharded.tensors["reference"][name].shape == tensor.shape, name
     for name, tensor in plain.tensors["optimizer"].items():
         assert sharded.tensors["optimizer"][name].shape == tensor.shape, name
     assert plain.step == 3 and sharded.state["history"][2]["ranks"] == 2.0
