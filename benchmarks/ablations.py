@@ -49,6 +49,7 @@ VARIANTS: dict[str, list[str]] = {
     "no exploration": ["pcm.exploration=false"],
     "no online": ["pcm.online=false"],
     "iw estimator": ["pcm.estimator=iw"],
+    "stratified estimator": ["pcm.estimator=stratified"],
     "proxy uniform": ["pcm.proxy=uniform"],
     "proxy entropy": ["pcm.proxy=entropy"],
     "sampler uniform": ["pcm.sampler=uniform"],

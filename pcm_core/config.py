@@ -72,8 +72,10 @@ class PCMConfig(Section):
     proxy_options: dict[str, Any] = Field(default_factory=dict)
     sampler: str = Field("pcm", description="budget sampler; 'all' is plain GRPO")
     sampler_options: dict[str, Any] = Field(default_factory=dict)
-    estimator: Literal["masked", "iw"] = Field(
-        "masked", description="masked: GRPO loss over kept tokens; iw: Horvitz-Thompson 1/pi weights"
+    estimator: Literal["masked", "iw", "stratified"] = Field(
+        "masked", description="masked: GRPO loss over kept tokens; iw: Horvitz-Thompson 1/pi weights; stratified: "
+        "the kept chunks of each phase of a trajectory carry that phase's whole GRPO (traj_sum) weight, n_ik / kept_ik "
+        "each, so the sampler's concentration does not change how hard each phase is pushed"
     )
     concentration: bool = Field(True, description="w_k proportional to v_k (off: uniform w)")
     exploration: bool = Field(True, description="mix w with a uniform floor")

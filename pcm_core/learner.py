@@ -171,6 +171,7 @@ class Learner:
         weights = chunk_weights(
             selection, batch.lengths, batch.tokens.shape[-1], self.pcm.estimator, self.train.loss_aggregation,
             num_trajectories=num_global, num_kept=int(self._global_counts[0]), world_size=self.comm.world_size,
+            phases=phases,
         )  # w_c  [C_r], normalised over every kept chunk
         weights = weights[backprop[selection.keep]]  # [C'_r]
         if not backprop.any() and selection.keep.any():  # a placeholder, weight 0: this rank still runs its share

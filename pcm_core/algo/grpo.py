@@ -16,7 +16,7 @@ from torch import Tensor
 
 from pcm_core.types import Selection
 
-Estimator = Literal["masked", "iw"]
+Estimator = Literal["masked", "iw", "stratified"]
 Aggregation = Literal["token_mean", "seq_mean", "traj_sum"]
 
 
@@ -77,6 +77,7 @@ def chunk_weights(
     num_trajectories: int | None = None,
     num_kept: int | None = None,
     world_size: int = 1,
+    phases: Tensor | None = None,
 ) -> Tensor:
     """The loss weight ``w_c`` of every kept chunk, in the order of ``selection.keep.nonzero()``.
 
@@ -92,6 +93,12 @@ def chunk_weights(
       the unbiased estimator of the ``traj_sum`` GRPO loss (equal to it when every ``pi_t = 1``)
       as long as every real chunk has ``pi_t > 0``; chunks a sampler never draws (``topk``, or a
       phase with ``q_k = 0`` when the exploration floor is off) are missing from its expectation.
+    - ``stratified``: ``w = n_ik / (N * L * T_i * kept_ik)`` whatever ``aggregation`` says, with
+      ``n_ik`` the real chunks of trajectory ``i`` in the kept chunk's phase ``k`` and ``kept_ik``
+      those kept: the kept chunks of a phase stand for all of its chunks, so every phase with a
+      kept chunk carries exactly its ``traj_sum`` GRPO weight ``n_ik / (N L T_i)`` (the push on the
+      phase, sum_c w_c A_c, is GRPO's whatever the sampler concentrates on), and no chunk weighs
+      more than its trajectory's share of that phase. Needs ``phases``.
 
     With every chunk kept, ``masked`` is plain GRPO with the same aggregation.
 
@@ -101,6 +108,7 @@ def chunk_weights(
         num_trajectories, num_kept: ``N`` and ``C`` of the global batch (all ranks); default: this batch's.
         world_size: ranks whose gradients are averaged (DDP / FSDP); the weights carry this factor,
             so the average of the ranks' gradients is the gradient of the one-process loss.
+        phases: ``[N_r, T]`` phase ids of the chunks (``stratified`` only).
 
     Returns:
         ``[C_r]`` float64 weights.
@@ -112,8 +120,19 @@ def chunk_weights(
     if estimator == "iw":
         pi = selection.inclusion_prob.to(torch.float64)[traj, chunk]  # pi_t  [C_r]
         weights = 1.0 / (num_trajectories * tokens_per_chunk * length) / pi  # 1 / (N L T_i pi_t)
+    elif estimator == "stratified":
+        if phases is None:
+            raise ValueError("the stratified estimator needs the chunks' phases")
+        real = torch.arange(phases.shape[1], device=phases.device)[None, :] < lengths[:, None]  # [N_r, T]
+        phase_ids = phases.long().clamp(min=0)
+        in_phase = torch.zeros(phases.shape[0], int(phase_ids.max()) + 1, dtype=torch.float64)  # n_ik  [N_r, P]
+        in_phase.scatter_add_(1, phase_ids, real.to(torch.float64))
+        kept_in_phase = torch.zeros_like(in_phase).scatter_add_(1, phase_ids, selection.keep.to(torch.float64))  # kept_ik
+        k = phase_ids[traj, chunk]  # phase of each kept chunk  [C_r]
+        share = in_phase[traj, k] / kept_in_phase[traj, k]  # n_ik / kept_ik  [C_r]
+        weights = share / (num_trajectories * tokens_per_chunk * length)  # n_ik / (N L T_i kept_ik)
     elif estimator != "masked":
-        raise ValueError(f"unknown estimator '{estimator}' (expected 'masked' or 'iw')")
+        raise ValueError(f"unknown estimator '{estimator}' (expected 'masked', 'iw' or 'stratified')")
     elif aggregation == "token_mean":
         weights = torch.full_like(length, 1.0 / (tokens_per_chunk * max(num_kept, 1)))  # 1 / (L C)
     elif aggregation == "seq_mean":

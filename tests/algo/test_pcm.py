@@ -247,6 +247,42 @@ def test_compact_weights_by_hand():
         assert weights("iw", aggregation) == pytest.approx(iw)
 
 
+def test_stratified_weights_by_hand():
+    # T = (4, 2), L = 2, phases [0, 0, 1, 1] and [0, 1]; keep chunks {0, 1, 2} of the first, {1} of the second
+    batch = make_batch([4, 2], [1, 0], [0, 0])
+    keep = torch.tensor([[True, True, True, False], [False, True, False, False]])
+    selection = Selection(keep=keep, inclusion_prob=keep.to(torch.float64))
+    phases = torch.tensor([[0, 0, 1, 1], [0, 1, 0, 0]])
+    advantages = torch.tensor([1.0, -1.0], dtype=torch.float64)
+    weights = weighted_compact(batch, selection, advantages, "stratified", phases=phases).weights.tolist()
+    # n_ik / (N L T_i kept_ik): phase 0 of trajectory 0 has both chunks kept (2 / (2*2*4*2) each),
+    # its phase 1 one of two (2 / (2*2*4*1)); trajectory 1's phase 1 its only chunk (1 / (2*2*2*1))
+    assert weights == pytest.approx([1 / 16, 1 / 16, 1 / 8, 1 / 8])
+    everything_kept = Selection(keep=batch.chunk_mask, inclusion_prob=batch.chunk_mask.to(torch.float64))
+    all_weights = weighted_compact(batch, everything_kept, advantages, "stratified", phases=phases).weights
+    traj_sum = weighted_compact(batch, everything_kept, advantages, "masked", "traj_sum").weights
+    assert torch.equal(all_weights, traj_sum)  # every chunk kept: plain traj_sum GRPO
+    with pytest.raises(ValueError, match="needs the chunks' phases"):
+        weighted_compact(batch, selection, advantages, "stratified")
+
+
+def test_stratified_gives_every_phase_with_a_kept_chunk_its_grpo_weight():
+    batch = make_batch([6, 9, 4, 8], [1, 0, 0, 1], [0, 0, 1, 1], seed=5)
+    phases = (torch.arange(batch.max_chunks)[None, :] * 3 // batch.lengths[:, None]).clamp(max=2)  # progress
+    advantages = group_advantages(batch.rewards, batch.group_index)
+    traj_sum = weighted_compact(batch, everything(batch), advantages, "masked", "traj_sum")
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        selection = select_chunks(torch.tensor([0.6, 0.3, 0.1])[phases], batch.lengths, 3, gen)
+        kept = weighted_compact(batch, selection, advantages, "stratified", phases=phases)
+        for i in range(batch.num_trajectories):
+            for k in range(3):
+                here = (kept.trajectory == i) & (phases[kept.trajectory, kept.chunk] == k)
+                whole = (traj_sum.trajectory == i) & (phases[traj_sum.trajectory, traj_sum.chunk] == k)
+                if here.any():
+                    assert float(kept.weights[here].sum()) == pytest.approx(float(traj_sum.weights[whole].sum()), rel=1e-12)
+
+
 @pytest.mark.parametrize("aggregation", ["token_mean", "seq_mean", "traj_sum"])
 def test_keeping_everything_is_plain_grpo(batch, aggregation):
     advantages = group_advantages(batch.rewards, batch.group_index)

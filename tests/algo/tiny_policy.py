@@ -84,8 +84,9 @@ def naive_grpo_loss(policy, batch, advantages, aggregation):
 
 
 def weighted_compact(
-    batch: RolloutBatch, selection: Selection, advantages: Tensor, estimator: str = "masked", aggregation: str = "token_mean"
+    batch: RolloutBatch, selection: Selection, advantages: Tensor, estimator: str = "masked", aggregation: str = "token_mean",
+    phases: Tensor | None = None,
 ) -> CompactBatch:
     """The kept chunks of one process's batch with their loss weights (what the learner builds)."""
-    weights = chunk_weights(selection, batch.lengths, batch.tokens.shape[-1], estimator, aggregation)
+    weights = chunk_weights(selection, batch.lengths, batch.tokens.shape[-1], estimator, aggregation, phases=phases)
     return compact(batch, selection, advantages, weights)

@@ -92,7 +92,8 @@ def check_ablations(result):
         assert v["mse_rel"] == pytest.approx(v["bias2_rel"] + v["variance_rel"], rel=1e-9), name
     assert variants["no concentration"]["keep_probs"] == pytest.approx([0.25] * 4, abs=1e-15)
     assert variants["sampler topk"]["variance_rel"] == 0.0  # deterministic: every resample keeps the same chunks
-    assert variants["iw estimator"]["keep_probs"] == variants["pcm (default)"]["keep_probs"]  # same q, other weights
+    for estimator in ("iw estimator", "stratified estimator"):
+        assert variants[estimator]["keep_probs"] == variants["pcm (default)"]["keep_probs"]  # same q, other weights
 
 
 def check_phase_signal(result):

@@ -98,7 +98,7 @@ CASES = [
     ("ema-above-one", ["--set", "pcm.ema=1.5"], ["'pcm.ema' = 1.5", "less than or equal to 1"]),
     ("clip-high-below-low", ["--set", "train.clip_high=0.1"], ["'train.clip_high' = 0.1", "clip_low = 0.2", "clip_high >= clip_low"]),
     ("clip-low-one", ["--set", "train.clip_low=1.0"], ["'train.clip_low' = 1.0", "less than 1"]),
-    ("estimator", ["--set", "pcm.estimator=ht"], ["'pcm.estimator' = 'ht'", "'masked' or 'iw'"]),
+    ("estimator", ["--set", "pcm.estimator=ht"], ["'pcm.estimator' = 'ht'", "'masked', 'iw' or 'stratified'"]),
     ("aggregation", ["--set", "train.loss_aggregation=mean"], ["'train.loss_aggregation' = 'mean'", "'token_mean'"]),
     ("device", ["--set", "train.device=tpu"], ["'train.device' = 'tpu'", "'auto', 'cpu' or 'cuda'"]),
     ("bool", ["--set", "pcm.online=maybe"], ["'pcm.online' = 'maybe'", "valid boolean"]),

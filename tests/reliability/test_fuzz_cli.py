@@ -50,7 +50,7 @@ def bad_number(draw):
 @st.composite
 def bad_literal(draw):
     key = draw(st.sampled_from(LITERALS))
-    value = draw(NAME.filter(lambda v: v not in ("masked", "iw", "auto", "cpu", "cuda", "float32", "bfloat16", "token_mean", "seq_mean", "traj_sum")))
+    value = draw(NAME.filter(lambda v: v not in ("masked", "iw", "stratified", "auto", "cpu", "cuda", "float32", "bfloat16", "token_mean", "seq_mean", "traj_sum")))
     return ["--set", f"{key}={value}"], key
 
 
