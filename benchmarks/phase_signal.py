@@ -20,6 +20,13 @@ segmenter, ``batch.info["phase"]``) and by the configured segmenter (``pcm.segme
 
 The phase gradients add up to the full gradient exactly (checked: ``decomposition_error``); their
 signals and noises need not add up to the full gradient's, which have cross terms between phases.
+
+- push: ``sum_c A_c w_c L`` over the phase's chunks in the update (``A_c`` the chunk's advantage,
+  ``w_c L`` its loss weight), the first-order direction of the update on that phase: positive,
+  the update raises the log-probabilities of the phase's sampled actions (sharpening it); negative,
+  it lowers them (spreading it). Mean over the batches, for GRPO (every chunk) and for the
+  config's PCM sampler with each estimator (``masked``, ``iw``, ``stratified``), those averaged over
+  mask draws. Under ``seq_mean`` GRPO's pushes sum to 0 over the phases (a group's advantages do).
 """
 
 from __future__ import annotations
@@ -35,8 +42,8 @@ import torch
 from torch import Tensor
 
 from benchmarks.common import (
-    QUICK_TRAINING, apply_config_arg, batch_gradient, collect_batch, machine, machine_line, make_learner,
-    start_on_batch, table, warm_start_of, write_outputs,
+    QUICK_TRAINING, apply_config_arg, batch_gradient, collect_batch, fold_into_keep_probs, machine, machine_line,
+    make_learner, start_on_batch, table, warm_start_of, write_outputs,
 )
 from pcm_core.algo.pcm import compact
 from pcm_core.config import RunConfig, load_config
@@ -54,7 +61,8 @@ def settings(quick: bool, args: argparse.Namespace | None = None) -> dict[str, A
     modes keep theirs, warm-start in a throw-away cache with fewer demos and relabel the outcomes
     of a batch without a mixed group (their small warm starts rarely succeed)."""
     s: dict[str, Any] = {"config": None, "groups": 2 if quick else 8, "group_size": 4 if quick else 8,
-                         "batches": 3 if quick else 8, "seed": 0, "throwaway_cache": quick, "relabel": quick,
+                         "batches": 3 if quick else 8, "mask_draws": 2 if quick else 16, "seed": 0,
+                         "throwaway_cache": quick, "relabel": quick,
                          "overrides": list(QUICK_TRAINING[1:3]) if quick else []}
     if args is not None:
         apply_config_arg(s, args, quick)
@@ -64,11 +72,46 @@ def settings(quick: bool, args: argparse.Namespace | None = None) -> dict[str, A
     return s
 
 
-def measured_config(s: dict[str, Any], cache_dir: str | None) -> RunConfig:
-    """The measured config with GRPO's ``all`` sampler, this batch shape and, given, the warm-start cache."""
-    overrides = [*s["overrides"], "pcm.sampler=all", "tracking.enabled=false", f"train.tasks_per_step={s['groups']}",
+def measured_config(s: dict[str, Any], cache_dir: str | None, sampler: str | None = "all") -> RunConfig:
+    """The measured config with GRPO's ``all`` sampler (None: the config's own sampler), this batch
+    shape and, given, the warm-start cache."""
+    grpo = ["pcm.sampler=all", "pcm.sampler_options={}"] if sampler == "all" else []
+    overrides = [*s["overrides"], *grpo, "tracking.enabled=false", f"train.tasks_per_step={s['groups']}",
                  f"train.group_size={s['group_size']}", *([f"train.sft.cache_dir={cache_dir}"] if cache_dir else [])]
     return load_config(s["config"], overrides)
+
+
+ESTIMATORS = ("masked", "iw", "stratified")
+
+
+def pcm_draws(policy, config: RunConfig, batches: list[RolloutBatch], draws: int) -> dict[str, list[list[SelectionResult]]]:
+    """For each estimator, ``draws`` masks of every batch from the config's PCM sampler, the
+    keep-probabilities folded in from the batches first (as training before would have): estimator
+    -> per batch, its draws."""
+    found: dict[str, list[list[SelectionResult]]] = {}
+    for estimator in ESTIMATORS:
+        learner = make_learner(policy, config.model_copy(update={"pcm": config.pcm.model_copy(update={"estimator": estimator})}))
+        learner.generator.manual_seed(0)
+        keep_state = fold_into_keep_probs(learner, batches)
+        per_batch = []
+        for batch in batches:
+            learner.keep_probs.load_state_dict(keep_state)
+            first = learner.select(batch)
+            per_batch.append([first] + [learner.resample(batch, first) for _ in range(draws - 1)])
+        found[estimator] = per_batch
+    return found
+
+
+def phase_push(draws_per_batch: list[list[SelectionResult]], phases: list[Tensor], num_phases: int) -> list[float]:
+    """``[P_k]`` push of each phase, ``sum_c A_c w_c L`` over its chunks in the update, mean over the
+    draws of a batch and over the batches (``phases``: each batch's phase ids ``[N, T]``)."""
+    total = torch.zeros(num_phases, dtype=torch.float64)
+    for draws, ids in zip(draws_per_batch, phases):
+        for selected in draws:
+            update = selected.batch
+            mass = update.advantages.double() * update.weights * update.tokens.shape[-1]  # A_c w_c L  [C]
+            total.index_add_(0, ids[update.trajectory, update.chunk], mass / len(draws))
+    return (total / len(draws_per_batch)).tolist()
 
 
 def phase_segmenters(config: RunConfig, learner: Learner, env_phase_names: tuple[str, ...] | None) -> dict[str, PhaseSegmenter]:
@@ -130,9 +173,11 @@ def chunk_statistics(batches: list[RolloutBatch], phases: list[Tensor], num_phas
 
 
 def phase_report(learner: Learner, segmenter: PhaseSegmenter, batches: list[RolloutBatch],
-                 selections: list[SelectionResult], full_grads: Tensor) -> dict[str, Any]:
-    """Per phase of ``segmenter``: chunk share, entropy, proxy score, signal and noise (module docstring),
-    from ``batches`` with their full-update selections and full gradients ``full_grads`` ``[K, P]``."""
+                 selections: list[SelectionResult], full_grads: Tensor,
+                 masks: dict[str, list[list[SelectionResult]]]) -> dict[str, Any]:
+    """Per phase of ``segmenter``: chunk share, entropy, proxy score, signal, noise and push (module
+    docstring), from ``batches`` with their full-update selections, full gradients ``full_grads``
+    ``[K, P]`` and the PCM ``masks`` of each estimator (:func:`pcm_draws`)."""
     num_phases = segmenter.num_phases
     phases = [segmenter.segment(batch).clamp(0, num_phases - 1) for batch in batches]  # each [N, T]
     chunks, entropy = chunk_statistics(batches, phases, num_phases)
@@ -148,10 +193,13 @@ def phase_report(learner: Learner, segmenter: PhaseSegmenter, batches: list[Roll
     residual = (summed - full_grads).norm(dim=1) / full_grads.norm(dim=1).clamp(min=1e-300)  # [K]
     signal_share, noise_share = shares([p["signal"] for p in split]), shares([p["noise"] for p in split])
     chunk_share = (chunks / chunks.sum()).tolist()
+    pushes = {"grpo": phase_push([[selected] for selected in selections], phases, num_phases),
+              **{f"pcm {estimator}": phase_push(draws, phases, num_phases) for estimator, draws in masks.items()}}
     phases_out = [{"phase": k, "name": name, "chunks": int(chunks[k]), "chunk_share": chunk_share[k],
                    "entropy": float(entropy[k]), "proxy_score": float(score[k]), **split[k],
                    "signal_share": signal_share[k], "noise_share": noise_share[k],
-                   "signal_to_noise": ratio(split[k]["signal"], split[k]["noise"])}
+                   "signal_to_noise": ratio(split[k]["signal"], split[k]["noise"]),
+                   "push": {variant: values[k] for variant, values in pushes.items()}}
                   for k, name in enumerate(segmenter.phase_names)]
     return {"num_phases": num_phases, "phases": phases_out,
             "full": {**full, "signal_to_noise": ratio(full["signal"], full["noise"])},
@@ -177,6 +225,8 @@ def run(quick: bool, device: str, out: Path, args: argparse.Namespace | None = N
         f"relabelled {sum(n['relabelled'] for n in notes)} of {len(notes)}")
     learner = make_learner(policy, config)
     selections = [learner.select(b) for b in batches]
+    pcm_config = measured_config(s, None, sampler=None).model_copy(update={"train": config.train})
+    masks = pcm_draws(policy, pcm_config, batches, s["mask_draws"])
     full_grads = torch.stack([batch_gradient(learner, selected.batch) for selected in selections])  # [K, P]
     segmenters = phase_segmenters(config, learner, env_phase_names)
     if "phase" not in batches[0].info:
@@ -184,11 +234,13 @@ def run(quick: bool, device: str, out: Path, args: argparse.Namespace | None = N
         del segmenters["env"]
     reports = {}
     for name, segmenter in segmenters.items():
-        reports[name] = phase_report(learner, segmenter, batches, selections, full_grads)
+        reports[name] = phase_report(learner, segmenter, batches, selections, full_grads, masks)
         log(f"  {name:8s} " + ", ".join(f"{p['name']}: chunks {p['chunk_share']:.2f} signal {p['signal_share']:.2f} "
                                        f"noise {p['noise_share']:.2f}" for p in reports[name]["phases"]))
     result = {"benchmark": "phase_signal", "machine": machine(), "device": str(dev), "settings": s, "warm_start": warm,
               "env": config.env.name, "proxy": config.pcm.proxy, "loss_aggregation": config.train.loss_aggregation,
+              "pcm": {"sampler": pcm_config.pcm.sampler, "sampler_options": pcm_config.pcm.sampler_options,
+                      "budget": pcm_config.pcm.budget, "budget_scaling": pcm_config.pcm.budget_scaling},
               "batches": notes, "segmenters": reports, "duration_s": time.perf_counter() - started}
     write_outputs(out, "phase_signal", result, markdown(result), figure(result))
     return result
@@ -208,6 +260,13 @@ def segmenter_table(report: dict[str, Any]) -> str:
                  fmt(full["signal_to_noise"])])
     return table(["phase", "chunk share", "entropy", "proxy score v_k", "signal share", "noise share",
                   "signal / noise"], rows)
+
+
+def push_table(report: dict[str, Any]) -> str:
+    """One row per named phase: its push under GRPO and under PCM with each estimator."""
+    variants = list(report["phases"][0]["push"])
+    rows = [[p["name"], *(f"{p['push'][v]:+.4f}" for v in variants)] for p in report["phases"]]
+    return table(["phase", *variants], rows)
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -230,7 +289,9 @@ def markdown(result: dict[str, Any]) -> str:
         lines += ["", f"## segmenter `{name}` ({report['num_phases']} phases)", "", segmenter_table(report), "",
                   f"Sum over phases of the signals / the full gradient's: {fmt(report['phase_signals_over_full'], 2)}; "
                   f"of the noises: {fmt(report['phase_noises_over_full'], 2)}; the phase gradients add up to the full "
-                  f"one to a relative error of {report['decomposition_error']:.1e}.{unresolved}"]
+                  f"one to a relative error of {report['decomposition_error']:.1e}.{unresolved}", "",
+                  "Push of each phase, sum_c A_c w_c L over its chunks in the update (positive: the update raises its "
+                  "sampled actions' log-probabilities):", "", push_table(report)]
     lines += [
         "",
         "g_b^k is the full GRPO gradient of batch b restricted to the chunks of phase k (every other chunk weighted "
@@ -242,15 +303,26 @@ def markdown(result: dict[str, Any]) -> str:
         "mean action-token entropy of the phase's chunks at sampling time; v_k: the proxy's score, mean over "
         "batches. `env` phases are the env's labels (docs/tabletop.md, \"Phase labels\"); `gripper` phases are "
         "named by the open/close toggles of the executed gripper command before the chunk, the last merging the rest.",
+        "",
+        f"Push: mean over the batches; PCM's ({pcm_text(result['pcm'])}) over {s['mask_draws']} masks of each batch "
+        "too, the keep-probabilities folded in from all batches first. A phase that GRPO pushes up and PCM pushes "
+        "down (or far less up) has its sampled actions spread by PCM where GRPO sharpens them: the estimator then "
+        "weighs that phase's kept chunks differently from what they stand for.",
     ]
     return "\n".join(lines)
+
+
+def pcm_text(pcm: dict[str, Any]) -> str:
+    """``sampler pcm (allocation per_phase), B = 12, fixed`` from the result's ``pcm`` block."""
+    options = ", ".join(f"{k} {v}" for k, v in pcm["sampler_options"].items())
+    return f"sampler {pcm['sampler']}{f' ({options})' if options else ''}, B = {pcm['budget']}, {pcm['budget_scaling']}"
 
 
 def figure(result: dict[str, Any]):
     plt = pyplot()
     reports = result["segmenters"]
-    fig, axes = plt.subplots(1, len(reports), figsize=(6 * len(reports), 4.5), squeeze=False)
-    for ax, (name, report) in zip(axes[0], reports.items()):
+    fig, axes = plt.subplots(2, len(reports), figsize=(6 * len(reports), 9), squeeze=False)
+    for ax, push_ax, (name, report) in zip(axes[0], axes[1], reports.items()):
         phases = report["phases"]
         x = list(range(len(phases)))
         for offset, key, label in ((-0.27, "chunk_share", "chunk share"), (0.0, "signal_share", "signal share"),
@@ -267,6 +339,16 @@ def figure(result: dict[str, Any]):
         handles, labels = ax.get_legend_handles_labels()
         more, more_labels = right.get_legend_handles_labels()
         ax.legend(handles + more, labels + more_labels, fontsize=8)
-    fig.suptitle("Per-phase share of the chunks, of the gradient's signal and of its noise")
+        variants = list(phases[0]["push"])
+        width = 0.8 / len(variants)
+        for j, variant in enumerate(variants):
+            push_ax.bar([i + (j - (len(variants) - 1) / 2) * width for i in x], [p["push"][variant] for p in phases],
+                        width=width, label=variant)
+        push_ax.axhline(0, color="black", linewidth=0.5)
+        push_ax.set_xticks(x, [p["name"] for p in phases], rotation=20)
+        push_ax.set_ylabel("push: sum of A w L over the phase's chunks")
+        push_ax.set_title(f"segmenter {name}: where the update pushes")
+        push_ax.legend(fontsize=8)
+    fig.suptitle("Per-phase share of the chunks, of the gradient's signal and of its noise; the push of each update")
     fig.tight_layout()
     return fig

@@ -108,6 +108,9 @@ def check_phase_signal(result):
         for key in ("chunk_share", "signal_share", "noise_share"):  # shares over the phases
             assert sum(p[key] for p in phases) == pytest.approx(1.0, abs=1e-9), (name, key)
         assert report["decomposition_error"] < 1e-5, name  # the phase gradients add up to the full gradient
+        assert all(set(p["push"]) == {"grpo", "pcm masked", "pcm iw", "pcm stratified"} for p in phases), name
+        # seq_mean gives each trajectory the weight 1 / N and a group's advantages sum to 0: so do GRPO's pushes
+        assert sum(p["push"]["grpo"] for p in phases) == pytest.approx(0.0, abs=1e-9), name
         for p in phases:
             if p["noise"] > 0:
                 assert p["signal_to_noise"] == pytest.approx(p["signal"] / p["noise"], rel=1e-12), (name, p["name"])
@@ -234,6 +237,28 @@ def test_phase_signal_estimates_the_signal_without_bias_on_a_hand_made_pair():
     assert all(math.isnan(x) for x in shares([0.0, 0.0]))
     with pytest.raises(ValueError, match="at least 2 batches"):
         signal_and_noise(torch.ones(1, 4))
+
+
+def test_phase_push_by_hand():
+    from types import SimpleNamespace
+
+    from benchmarks.phase_signal import phase_push
+
+    # N = 2, L = 2: trajectory 0 (A = +1) has 4 chunks in phases 0, 0, 1, 1, trajectory 1 (A = -0.5)
+    # 2 chunks in phase 1; every chunk kept with its traj_sum weight 1 / (N L T_i)
+    def update(keep):
+        trajectory, chunk = torch.tensor([t for t, _ in keep]), torch.tensor([c for _, c in keep])
+        weights = torch.tensor([1 / 16 if t == 0 else 1 / 8 for t in trajectory.tolist()], dtype=torch.float64)
+        return SimpleNamespace(batch=SimpleNamespace(
+            advantages=torch.tensor([1.0, -0.5])[trajectory], weights=weights, tokens=torch.zeros(len(keep), 2),
+            trajectory=trajectory, chunk=chunk))
+
+    phases = torch.tensor([[0, 0, 1, 1], [1, 1, 0, 0]])
+    every = update([(0, 0), (0, 1), (0, 2), (0, 3), (1, 0), (1, 1)])
+    # phase 0: 2 chunks x 1 x 1/8 = 0.25; phase 1: 2 x 1/8 - 2 x 0.5 x 1/4 = 0
+    assert phase_push([[every]], [phases], 2) == pytest.approx([0.25, 0.0])
+    # two draws of one batch are averaged: the second keeps only trajectory 1 (pushes 0 and -0.25)
+    assert phase_push([[every, update([(1, 0), (1, 1)])]], [phases], 2) == pytest.approx([0.125, -0.125])
 
 
 def test_noise_split_recovers_known_batch_and_mask_noise():
