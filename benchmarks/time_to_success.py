@@ -334,8 +334,10 @@ def merge(results: list[dict[str, Any]], methods: list[str | None] | None = None
     for key in ("overrides", "grpo_steps", "pcm_step_ratio", "final_evals"):
         if len({str(result["settings"][key]) for result in results}) > 1:
             raise SystemExit(f"time_to_success results to merge differ in settings '{key}'.\nFix: merge runs of one protocol")
-    pcm_source = next(result for result, method in zip(results, methods)
-                      if method in (None, "pcm") and any(run["method"] == "pcm" for run in result["runs"]))
+    pcm_source = next((result for result, method in zip(results, methods)
+                       if method in (None, "pcm") and any(run["method"] == "pcm" for run in result["runs"])), None)
+    if pcm_source is None:
+        raise SystemExit("time_to_success results to merge hold no PCM runs.\nFix: add a result with PCM runs")
     s = {**pcm_source["settings"], "seeds": seeds["pcm"], "methods": list(METHODS)}
     merged = {"benchmark": "time_to_success", "machine": pcm_source["machine"], "device": pcm_source["device"], "settings": s,
               **summarize(runs, s), "duration_s": max(result["duration_s"] for result in results),
@@ -345,12 +347,27 @@ def merge(results: list[dict[str, Any]], methods: list[str | None] | None = None
     return merged
 
 
-if __name__ == "__main__":  # python -m benchmarks.time_to_success [METHOD=]A.json [METHOD=]B.json ... [--out DIR]
-    import sys
-
-    out = Path(sys.argv[sys.argv.index("--out") + 1]) if "--out" in sys.argv else Path("benchmarks/results")
-    args = [arg for arg in sys.argv[1:] if arg.endswith(".json")]
-    sources = [arg.split("=", 1) if "=" in arg else [None, arg] for arg in args]
+def merge_main(argv: list[str] | None = None) -> None:
+    """``python -m benchmarks.time_to_success [METHOD=]A.json [METHOD=]B.json ... [--out DIR]``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.time_to_success",
+        description="Merge time_to_success results (disjoint --seed-list runs, or one method's runs paired with "
+        "another result's) into one result: JSON + markdown + PNG.",
+    )
+    parser.add_argument("sources", nargs="+", metavar="[METHOD=]RESULT.json",
+                        help="a time_to_success result; METHOD= (grpo or pcm) takes only that method's runs from it")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="folder for time_to_success.*")
+    args = parser.parse_args(argv)
+    sources = [arg.split("=", 1) if "=" in arg else [None, arg] for arg in args.sources]
+    for method, path in sources:
+        if method not in (None, *METHODS):
+            parser.error(f"method '{method}' in '{method}={path}' is not one of {', '.join(METHODS)}")
+        if not Path(path).is_file():
+            parser.error(f"no result file '{path}'")
     merged = merge([json.loads(Path(path).read_text()) for _, path in sources], [method for method, _ in sources])
-    write_outputs(out, "time_to_success", merged, markdown(merged), figure(merged))
+    write_outputs(args.out, "time_to_success", merged, markdown(merged), figure(merged))
     print(markdown(merged))
+
+
+if __name__ == "__main__":
+    merge_main()

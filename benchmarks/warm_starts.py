@@ -257,26 +257,41 @@ def paired_figure(result: dict[str, Any]):
     return fig
 
 
-if __name__ == "__main__":  # python -m benchmarks.warm_starts NAME=RESULT.json[,MORE.json] ... [--steps N] [--out DIR]
+def merge_main(argv: list[str] | None = None) -> None:
+    """``python -m benchmarks.warm_starts NAME=RESULT.json[,MORE.json] ... [--steps N] [--out DIR]``."""
     import json
-    import sys
 
-    # RESULT.json: a warm_starts result, or a time_to_success result whose method NAME is read off
-    # its first N steps (default 50), which also writes that method's own warm_starts_NAME files;
-    # comma-separated warm_starts results of disjoint seed lists are merged first (warm_starts_NAME files)
-    out = Path(sys.argv[sys.argv.index("--out") + 1]) if "--out" in sys.argv else Path("benchmarks/results")
-    steps = int(sys.argv[sys.argv.index("--steps") + 1]) if "--steps" in sys.argv else 50
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.warm_starts",
+        description="Pair warm_starts results by seed (warm_starts_paired.*). A RESULT may be a time_to_success "
+        "result, whose method NAME is read off its first --steps steps (warm_starts_NAME.* too); comma-separated "
+        "warm_starts results of disjoint seed lists are merged first.",
+    )
+    parser.add_argument("named", nargs="+", metavar="NAME=RESULT.json[,MORE.json]")
+    parser.add_argument("--steps", type=int, default=50, help="steps read off a time_to_success result (default 50)")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    args = parser.parse_args(argv)
     named = {}
-    for name, paths in (arg.split("=", 1) for arg in sys.argv[1:] if "=" in arg):
+    for arg in args.named:
+        if "=" not in arg:
+            parser.error(f"'{arg}' has no NAME=: write e.g. pcm={arg}")
+        name, paths = arg.split("=", 1)
+        for path in paths.split(","):
+            if not Path(path).is_file():
+                parser.error(f"no result file '{path}' (in '{arg}')")
         if "," in paths:
             loaded = merge([json.loads(Path(path).read_text()) for path in paths.split(",")])
-            write_outputs(out, f"warm_starts_{name}", loaded, markdown(loaded), figure(loaded))
+            write_outputs(args.out, f"warm_starts_{name}", loaded, markdown(loaded), figure(loaded))
         else:
             loaded = json.loads(Path(paths).read_text())
         if loaded["benchmark"] == "time_to_success":
-            loaded = from_time_to_success(loaded, name, steps)
-            write_outputs(out, f"warm_starts_{name}", loaded, markdown(loaded), figure(loaded))
+            loaded = from_time_to_success(loaded, name, args.steps)
+            write_outputs(args.out, f"warm_starts_{name}", loaded, markdown(loaded), figure(loaded))
         named[name] = loaded
     result = paired(named)
-    write_outputs(out, "warm_starts_paired", result, paired_markdown(result), paired_figure(result))
+    write_outputs(args.out, "warm_starts_paired", result, paired_markdown(result), paired_figure(result))
     print(paired_markdown(result))
+
+
+if __name__ == "__main__":
+    merge_main()

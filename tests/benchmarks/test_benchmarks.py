@@ -486,3 +486,20 @@ def test_time_to_success_one_method_runs_merge_with_the_other_methods_runs(tmp_p
         merge([pcm])
     with pytest.raises(SystemExit, match="each must be one of"):
         main(["time_to_success", "--tiny", "--methods", "ppo", "--out", str(tmp_path / "x")])
+
+
+def test_the_merge_commands_name_a_bad_argument(tmp_path, capsys):
+    from benchmarks.time_to_success import merge_main as merge_time_to_success
+    from benchmarks.warm_starts import merge_main as merge_warm_starts
+
+    missing = str(tmp_path / "missing.json")
+    for command, argv, message in [
+        (merge_time_to_success, [f"ppo={missing}"], "method 'ppo' in 'ppo=" + missing + "' is not one of grpo, pcm"),
+        (merge_time_to_success, [missing], f"no result file '{missing}'"),
+        (merge_warm_starts, [missing], f"'{missing}' has no NAME=: write e.g. pcm={missing}"),
+        (merge_warm_starts, [f"pcm=a.json,{missing}"], "no result file 'a.json'"),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            command(argv)
+        assert exit_info.value.code == 2
+        assert message in capsys.readouterr().err
