@@ -123,14 +123,14 @@ def chunk_weights(
     elif estimator == "stratified":
         if phases is None:
             raise ValueError("the stratified estimator needs the chunks' phases")
-        real = torch.arange(phases.shape[1], device=phases.device)[None, :] < lengths[:, None]  # [N_r, T]
-        phase_ids = phases.long().clamp(min=0)
-        in_phase = torch.zeros(phases.shape[0], int(phase_ids.max()) + 1, dtype=torch.float64)  # n_ik  [N_r, P]
-        in_phase.scatter_add_(1, phase_ids, real.to(torch.float64))
+        phase_ids = phases.to(traj.device).long().clamp(min=0)  # [N_r, T]
+        real = torch.arange(phase_ids.shape[1], device=traj.device)[None, :] < lengths.to(traj.device)[:, None]
+        in_phase = torch.zeros(phase_ids.shape[0], int(phase_ids.max()) + 1, dtype=torch.float64, device=traj.device)
+        in_phase.scatter_add_(1, phase_ids, real.to(torch.float64))  # n_ik  [N_r, P]
         kept_in_phase = torch.zeros_like(in_phase).scatter_add_(1, phase_ids, selection.keep.to(torch.float64))  # kept_ik
         k = phase_ids[traj, chunk]  # phase of each kept chunk  [C_r]
         share = in_phase[traj, k] / kept_in_phase[traj, k]  # n_ik / kept_ik  [C_r]
-        weights = share / (num_trajectories * tokens_per_chunk * length)  # n_ik / (N L T_i kept_ik)
+        weights = share.to(length.device) / (num_trajectories * tokens_per_chunk * length)  # n_ik / (N L T_i kept_ik)
     elif estimator != "masked":
         raise ValueError(f"unknown estimator '{estimator}' (expected 'masked', 'iw' or 'stratified')")
     elif aggregation == "token_mean":
