@@ -9,7 +9,8 @@ the squared bias ``||mean - g||^2`` minus its sampling noise ``tr(Cov)/R`` (so i
 tiny VLA; with ``--warm-start`` (default in full mode) the cached SFT warm start of the embedded
 default, so outcomes are real; otherwise random init with relabelled outcomes (see common.py).
 The default aggregation, ``seq_mean``, equals the ``traj_sum`` loss the ``iw`` estimator targets
-when every chunk is kept (whatever the trajectory lengths), so one ``g`` serves both estimators.
+when every chunk is kept (whatever the trajectory lengths), so one ``g`` serves every estimator
+(``masked``, and the ``traj_sum`` targets of ``iw`` and ``stratified``).
 
 Then every variant is trained: ``pcm-run``'s config (``configs/quickstart.yaml``) plus the
 variant's overrides, ``--steps`` RL steps (50 in full mode, 0 skips training), ``--seeds`` seeds

@@ -75,7 +75,7 @@ class PCMConfig(Section):
     estimator: Literal["masked", "iw", "stratified"] = Field(
         "masked", description="masked: GRPO loss over kept tokens; iw: Horvitz-Thompson 1/pi weights; stratified: "
         "the kept chunks of each phase of a trajectory carry that phase's whole GRPO (traj_sum) weight, n_ik / kept_ik "
-        "each, so the sampler's concentration does not change how hard each phase is pushed"
+        "each, so every phase with a kept chunk is pushed as hard as GRPO pushes it (a phase with none still loses its share)"
     )
     concentration: bool = Field(True, description="w_k proportional to v_k (off: uniform w)")
     exploration: bool = Field(True, description="mix w with a uniform floor")

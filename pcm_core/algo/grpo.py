@@ -123,9 +123,10 @@ def chunk_weights(
     elif estimator == "stratified":
         if phases is None:
             raise ValueError("the stratified estimator needs the chunks' phases")
-        phase_ids = phases.to(traj.device).long().clamp(min=0)  # [N_r, T]
-        real = torch.arange(phase_ids.shape[1], device=traj.device)[None, :] < lengths.to(traj.device)[:, None]
-        in_phase = torch.zeros(phase_ids.shape[0], int(phase_ids.max()) + 1, dtype=torch.float64, device=traj.device)
+        real = torch.arange(phases.shape[1], device=traj.device)[None, :] < lengths.to(traj.device)[:, None]  # [N_r, T]
+        phase_ids = torch.where(real, phases.to(traj.device).long().clamp(min=0), 0)  # padding: any value, read as 0
+        num_phases = int(phase_ids.max()) + 1 if phase_ids.numel() else 1
+        in_phase = torch.zeros(phase_ids.shape[0], num_phases, dtype=torch.float64, device=traj.device)
         in_phase.scatter_add_(1, phase_ids, real.to(torch.float64))  # n_ik  [N_r, P]
         kept_in_phase = torch.zeros_like(in_phase).scatter_add_(1, phase_ids, selection.keep.to(torch.float64))  # kept_ik
         k = phase_ids[traj, chunk]  # phase of each kept chunk  [C_r]

@@ -110,7 +110,9 @@ def check_phase_signal(result):
         assert report["decomposition_error"] < 1e-5, name  # the phase gradients add up to the full gradient
         assert all(set(p["push"]) == {"grpo", "pcm masked", "pcm iw", "pcm stratified"} for p in phases), name
         # seq_mean gives each trajectory the weight 1 / N and a group's advantages sum to 0: so do GRPO's pushes
-        assert sum(p["push"]["grpo"] for p in phases) == pytest.approx(0.0, abs=1e-9), name
+        assert result["loss_aggregation"] == "seq_mean"
+        scale = sum(abs(p["push"]["grpo"]) for p in phases)  # float32 advantages and weights: round-off of ~1e-7 each
+        assert abs(sum(p["push"]["grpo"] for p in phases)) <= 1e-5 * scale + 1e-12, name
         for p in phases:
             if p["noise"] > 0:
                 assert p["signal_to_noise"] == pytest.approx(p["signal"] / p["noise"], rel=1e-12), (name, p["name"])
@@ -497,7 +499,7 @@ def test_the_merge_commands_name_a_bad_argument(tmp_path, capsys):
         (merge_time_to_success, [f"ppo={missing}"], "method 'ppo' in 'ppo=" + missing + "' is not one of grpo, pcm"),
         (merge_time_to_success, [missing], f"no result file '{missing}'"),
         (merge_warm_starts, [missing], f"'{missing}' has no NAME=: write e.g. pcm={missing}"),
-        (merge_warm_starts, [f"pcm=a.json,{missing}"], "no result file 'a.json'"),
+        (merge_warm_starts, [f"pcm={tmp_path / 'a.json'},{missing}"], f"no result file '{tmp_path / 'a.json'}'"),
     ]:
         with pytest.raises(SystemExit) as exit_info:
             command(argv)

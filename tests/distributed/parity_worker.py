@@ -28,7 +28,7 @@ def global_batch(step: int):
 
 def parts(sampler: str):
     pcm = PCMConfig(budget=3, sampler=sampler, segmenter_options={"num_phases": 3})
-    train = TrainConfig(lr=0.05, micro_batch_size=3, max_grad_norm=1e9, seed=7)
+    train = TrainConfig(lr=0.05, micro_batch_size=3, max_grad_norm=1e9, seed=7, kl_coef=0.01)  # with a KL reference
     segmenter = GripperSegmenter(GripperSegmenter.Options(num_phases=3))
     proxy = SuccessFailureProxy(SuccessFailureProxy.Options())
     chosen = PCMSampler(PCMSampler.Options()) if sampler == "pcm" else AllSampler(AllSampler.Options())
@@ -42,7 +42,8 @@ def rank_learner(rank: int, world_size: int, strategy: str, segmenter, proxy, ch
     from pcm_core.parallel import STRATEGIES
 
     comm = Communicator(Context(rank, world_size, rank, active=True))
-    return Learner(TinyBackend(), segmenter, proxy, chosen, pcm, train, comm, STRATEGIES[strategy]())
+    # each rank starts from other weights: the learner must put rank 0's into the policy and the KL reference
+    return Learner(TinyBackend(seed=rank), segmenter, proxy, chosen, pcm, train, comm, STRATEGIES[strategy]())
 
 
 def train_steps(learner, shard) -> dict:
@@ -63,7 +64,8 @@ def train_steps(learner, shard) -> dict:
         losses.append(metrics["loss"])
         qs.append(learner.keep_probs.q.clone())
     params = torch.cat([p.detach().flatten() for p in learner.policy.module.parameters()])
-    return {"loss": losses, "q": torch.stack(qs), "params": params, "keep": masks}
+    reference = torch.cat([p.detach().flatten() for p in learner.reference.module.parameters()])
+    return {"loss": losses, "q": torch.stack(qs), "params": params, "keep": masks, "reference": reference}
 
 
 def run_rank(rank: int, world_size: int, sampler: str, strategy: str, folder: str) -> None:

@@ -35,6 +35,7 @@ def test_two_ranks_match_one_process(tmp_path, sampler, strategy):
     one = _spawn(tmp_path, 1, sampler, strategy)[0]
     first, second = _spawn(tmp_path, 2, sampler, strategy)
     assert torch.equal(first["q"], second["q"])  # every rank holds the same q
+    assert torch.equal(first["reference"], one["reference"]) and torch.equal(second["reference"], one["reference"])
     assert first["loss"] == second["loss"]  # the loss reported is the global one, on every rank
     _assert_same(first, one)
     _assert_same(second, one)
