@@ -103,14 +103,19 @@ def broadcast_module(module: nn.Module, comm: Communicator) -> None:
         tensor.data.copy_(data)
 
 
+def broadcast_weights(policy: PolicyBackend, frozen: PolicyBackend | None, comm: Communicator) -> None:
+    """Rank 0's weights in ``policy`` and, given, in its frozen copy (the KL reference)."""
+    for module in [policy.module] + ([frozen.module] if frozen is not None else []):
+        broadcast_module(module, comm)
+
+
 class DDP(SingleProcess):
     """A full replica per rank; gradients are averaged in the last micro-batch's backward."""
 
     name = "ddp"
 
     def setup(self, policy: PolicyBackend, comm: Communicator, frozen: PolicyBackend | None = None) -> None:
-        for module in [policy.module] + ([frozen.module] if frozen is not None else []):
-            broadcast_module(module, comm)
+        broadcast_weights(policy, frozen, comm)
 
     def route(self, policy: PolicyBackend) -> PolicyBackend:
         from torch.nn.parallel import DistributedDataParallel
@@ -133,8 +138,7 @@ class FSDP(SingleProcess):
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard
 
-        for module in [policy.module] + ([frozen.module] if frozen is not None else []):
-            broadcast_module(module, comm)
+        broadcast_weights(policy, frozen, comm)
         self.wrapper = LogProbModule(policy)
         fully_shard(self.wrapper, mesh=init_device_mesh(policy.device.type, (comm.world_size,)))
 
